@@ -1,0 +1,26 @@
+"""CPU inference sessions over an exported ONNX: `run(images) -> grid`, one class per runtime."""
+
+from __future__ import annotations
+
+from fastyolo.backends.base import PRECISIONS, Session
+from fastyolo.model_file import ModelFile
+
+BACKENDS = ("openvino", "onnxruntime")
+
+
+def open_session(model: ModelFile, backend: str, precision: str, threads: int) -> Session:
+    """Open `model` on `backend` ("auto" is OpenVINO, measured fastest on the CPU here)."""
+    if backend == "auto":
+        backend = "openvino"
+    if backend == "openvino":
+        from fastyolo.backends.openvino import OpenVINOSession
+
+        return OpenVINOSession(model, precision, threads)
+    if backend == "onnxruntime":
+        from fastyolo.backends.onnxruntime import OnnxRuntimeSession
+
+        return OnnxRuntimeSession(model, precision, threads)
+    raise ValueError(f"unknown backend {backend!r}: choose auto, {', '.join(BACKENDS)} (or a .plan for TensorRT)")
+
+
+__all__ = ["BACKENDS", "PRECISIONS", "Session", "open_session"]

@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+PRECISIONS = ("fp32", "bf16", "int8")
+
+
+class Session(Protocol):
+    name: str  # backend name
+    precision: str  # what actually runs, as reported by the runtime
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        """(N, 3, H, W) float32 -> (N, S, S, CELL_SIZE) float32."""
+        ...
+
+
+def check_precision(model_precision: str, requested: str, backend: str) -> None:
+    from fastyolo.errors import ModelError
+
+    if requested not in PRECISIONS:
+        raise ValueError(f"unknown precision {requested!r}: choose one of {', '.join(PRECISIONS)}")
+    if requested == "int8" and model_precision != "int8":
+        raise ModelError(
+            "int8 needs a quantised model: 'fastyolo export CHECKPOINT --precision int8 --calib DIR'"
+        )
+    if model_precision == "int8" and requested not in ("int8", "fp32"):
+        raise ModelError(f"this model is int8 (Q/DQ); run it with precision='int8', not {requested!r}")

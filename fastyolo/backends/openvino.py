@@ -1,0 +1,63 @@
+"""OpenVINO on the CPU: reads the ONNX directly; one compiled model per batch size, static shapes."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fastyolo.backends.base import check_precision
+from fastyolo.errors import ModelError
+from fastyolo.layout import INPUT_NAME, INPUT_SIZE
+from fastyolo.model_file import ModelFile
+
+# OpenVINO's CPU plugin silently runs bf16 where the CPU has it unless told otherwise, so the
+# hint is always set from the requested precision.
+_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
+
+
+def cpu_has_bf16() -> bool:
+    import openvino as ov
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+class OpenVINOSession:
+    name = "openvino"
+
+    def __init__(self, model: ModelFile, precision: str, threads: int):
+        import openvino as ov
+
+        check_precision(model.precision, precision, self.name)
+        self.core = ov.Core()
+        if precision == "bf16" and not cpu_has_bf16():
+            precision = "fp32"  # no bf16 instructions: fp32 it is, and `precision` says so
+        self.config = {
+            "INFERENCE_PRECISION_HINT": _HINTS[precision],
+            "INFERENCE_NUM_THREADS": int(threads),
+            "PERFORMANCE_HINT": "LATENCY",
+            "NUM_STREAMS": 1,
+        }
+        try:
+            self.model = self.core.read_model(str(model.path))
+        except Exception as exc:
+            raise ModelError(f"OpenVINO cannot read {model.path}: {str(exc).splitlines()[0]}") from None
+        self._requests: dict[int, object] = {}
+        self._compile(1)
+        ran = self._compiled[1].get_property("INFERENCE_PRECISION_HINT").to_string()
+        self.precision = "int8" if model.precision == "int8" else {"bf16": "bf16", "f32": "fp32"}.get(ran, ran)
+        self.threads = int(self._compiled[1].get_property("INFERENCE_NUM_THREADS"))
+
+    def _compile(self, batch: int):
+        if not hasattr(self, "_compiled"):
+            self._compiled = {}
+        model = self.model.clone()
+        model.reshape({INPUT_NAME: [batch, 3, INPUT_SIZE, INPUT_SIZE]})
+        compiled = self.core.compile_model(model, "CPU", self.config)
+        self._compiled[batch] = compiled
+        self._requests[batch] = compiled.create_infer_request()
+        return self._requests[batch]
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        batch = images.shape[0]
+        request = self._requests.get(batch) or self._compile(batch)
+        request.infer({0: images}, share_inputs=True)
+        return request.get_output_tensor(0).data.copy()

@@ -1,0 +1,21 @@
+"""Errors with one-line messages that name the problem and the fix; the CLI prints them as they are."""
+
+
+class FastYoloError(Exception):
+    """Base class of every error fastyolo raises on purpose."""
+
+
+class ModelError(FastYoloError, ValueError):
+    """A model or checkpoint file is missing, corrupt, or not of the expected layout."""
+
+
+class FrameError(FastYoloError, ValueError):
+    """A frame is not an HxWx3 uint8 BGR image."""
+
+
+class MissingDependencyError(FastYoloError, ImportError):
+    """An optional dependency (an extra) is needed for this call."""
+
+
+class GpuUnavailableError(FastYoloError, RuntimeError):
+    """The GPU path needs an NVIDIA GPU with TensorRT and numba-cuda; none is usable here."""

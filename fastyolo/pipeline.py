@@ -1,0 +1,71 @@
+"""The three stages every runtime implements, so the Detector and `bench` can time each one."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Protocol
+
+import cv2
+import numpy as np
+
+from fastyolo.backends import open_session
+from fastyolo.detections import Detections
+from fastyolo.kernels import decode_nms_batch, warmup
+from fastyolo.model_file import read_onnx
+from fastyolo.preprocess import preprocess
+
+
+class Pipeline(Protocol):
+    info: dict[str, Any]
+
+    def preprocess(self, frames: list[np.ndarray]) -> Any:
+        """Checked BGR frames -> the runtime's input (host array, or device buffer on the GPU)."""
+
+    def infer(self, batch: Any) -> Any:
+        """Network input -> the (N, S, S, CELL_SIZE) output, wherever the runtime keeps it."""
+
+    def postprocess(self, grids: Any, sizes: np.ndarray, conf: float, iou: float, top_k: int) -> list[Detections]:
+        """Decode + NMS of the output; sizes is (N, 2) frame width, height."""
+
+
+def default_threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def split_batch(boxes, scores, classes, counts) -> list[Detections]:
+    """Padded per-frame kernel outputs -> one Detections per frame (copies, so buffers can be reused)."""
+    return [
+        Detections(boxes[i, :n].copy(), scores[i, :n].copy(), classes[i, :n].copy())
+        for i, n in enumerate(counts.tolist())
+    ]
+
+
+class CpuPipeline:
+    """An ONNX on OpenVINO or onnxruntime, decode + NMS by the numba @njit kernel."""
+
+    def __init__(self, path: str | os.PathLike, backend: str, precision: str, threads: int):
+        self.model = read_onnx(path)
+        cv2.setNumThreads(threads)  # OpenCV's resize/decode share the cores with inference
+        self.session = open_session(self.model, backend, precision, threads)
+        self._input: np.ndarray | None = None
+        warmup()
+        self.info = {
+            "backend": self.session.name,
+            "device": "CPU",
+            "precision": self.session.precision,
+            "requested_precision": precision,
+            "threads": self.session.threads,
+            "model": str(self.model.path),
+            "backbone": self.model.backbone,
+            "untrained": self.model.untrained,
+        }
+
+    def preprocess(self, frames: list[np.ndarray]) -> np.ndarray:
+        self._input = preprocess(frames, self._input)
+        return self._input
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(batch)
+
+    def postprocess(self, grids: np.ndarray, sizes: np.ndarray, conf: float, iou: float, top_k: int) -> list[Detections]:
+        return split_batch(*decode_nms_batch(grids, sizes, conf, iou, top_k))

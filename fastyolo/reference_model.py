@@ -1,0 +1,44 @@
+"""The untrained reference network that `fastyolo bench` times when no model is given.
+
+Exported on first use (needs the `[train]` extra) into the user cache and reused after.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from fastyolo.errors import MissingDependencyError
+
+SEED = 0
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("FASTYOLO_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "fastyolo"
+    )
+    return Path(root)
+
+
+def untrained_model(backbone: str = "resnet50", *, quiet: bool = False) -> Path:
+    """Path of the cached untrained ONNX for `backbone`, exporting it first if needed."""
+    path = cache_dir() / f"untrained-{backbone}-seed{SEED}.onnx"
+    if path.is_file():
+        return path
+    try:
+        import torch
+
+        from fastyolo.train.export import export_onnx
+        from fastyolo.train.model import YoloNet
+    except ImportError:
+        raise MissingDependencyError(
+            "no --model given and torch is not installed to export the untrained reference network: "
+            "pass --model MODEL.onnx, or pip install 'fastyolo[train]'"
+        ) from None
+    if not quiet:
+        print(f"exporting the untrained {backbone} reference network to {path} (once) ...", flush=True)
+    torch.manual_seed(SEED)
+    diff = export_onnx(YoloNet(backbone), path, untrained=True)
+    if not quiet:
+        print(f"  onnxruntime vs torch max abs diff {diff:.2e}", flush=True)
+    return path

@@ -1,0 +1,1 @@
+"""fastyolo.train: the PyTorch side (network, training, export). Needs the `[train]` extra."""

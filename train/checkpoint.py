@@ -1,0 +1,55 @@
+"""Checkpoints: written atomically (temp file, then rename) so an interrupted run never leaves a torn file."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from fastyolo.train.model import YoloNet
+
+from fastyolo.errors import ModelError
+from fastyolo.layout import describe
+
+
+def save_checkpoint(path: str | os.PathLike, model: YoloNet, **extra: Any) -> None:
+    """Save model weights, backbone name, layout and anything in `extra` (optimizer, epoch, ...)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"model": model.state_dict(), "backbone": model.backbone_name, "layout": describe(), **extra}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint dict, with clear errors for a missing, corrupt or foreign file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise ModelError(f"{path} is not a readable fastyolo checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(state, dict) or "model" not in state or "backbone" not in state:
+        raise ModelError(f"{path} is a torch file but not a fastyolo checkpoint (no 'model'/'backbone' entries)")
+    if state.get("layout", describe()) != describe():
+        raise ModelError(f"{path} was trained for another output layout: {state['layout']}")
+    return state
+
+
+def load_model(path: str | os.PathLike) -> YoloNet:
+    """The network of a checkpoint, in eval mode."""
+    state = load_checkpoint(path)
+    model = YoloNet(state["backbone"])
+    model.load_state_dict(state["model"])
+    return model.eval()

@@ -1,0 +1,88 @@
+"""Export a YoloNet to ONNX with its layout in the metadata, and check the file against torch."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from fastyolo.train.model import YoloNet
+
+from fastyolo.layout import INPUT_NAME, INPUT_SIZE, OUTPUT_NAME, describe
+
+OPSET = 18
+VERIFY_TOLERANCE = 1e-4
+
+
+def export_onnx(
+    model: YoloNet,
+    path: str | os.PathLike,
+    *,
+    untrained: bool,
+    verify: bool = True,
+    extra_metadata: dict[str, str] | None = None,
+) -> float | None:
+    """Write `model` as an fp32 ONNX with a dynamic batch axis; returns the verified max abs diff.
+
+    The file is written to a temp name and renamed, so a failed export leaves nothing half-done.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    example = torch.rand(2, 3, INPUT_SIZE, INPUT_SIZE)
+    batch = torch.export.Dim("batch", min=1, max=256)
+    with torch.no_grad():
+        program = torch.onnx.export(
+            model,
+            (example,),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes={"images": {0: batch}},
+            opset_version=OPSET,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
+    program.optimize()
+    proto = program.model_proto
+    metadata = {
+        **describe(),
+        "fastyolo.backbone": model.backbone_name,
+        "fastyolo.untrained": "true" if untrained else "false",
+        "fastyolo.precision": "fp32",
+        **(extra_metadata or {}),
+    }
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        proto.metadata_props.add(key=key, value=value)
+    proto.producer_name = "fastyolo"
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        onnx.save_model(proto, tmp)
+        diff = verify_onnx(model, tmp) if verify else None
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return diff
+
+
+def verify_onnx(model: YoloNet, path: str | os.PathLike, batch: int = 2, seed: int = 0) -> float:
+    """Run the ONNX on onnxruntime against torch on the same random input; raise if they differ."""
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(seed)
+    images = rng.standard_normal((batch, 3, INPUT_SIZE, INPUT_SIZE)).astype(np.float32)
+    with torch.no_grad():
+        expected = model.eval()(torch.from_numpy(images)).numpy()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run([OUTPUT_NAME], {INPUT_NAME: images})[0]
+    diff = float(np.abs(got - expected).max())
+    if diff >= VERIFY_TOLERANCE:
+        raise RuntimeError(f"exported ONNX differs from torch by {diff:.2e} (limit {VERIFY_TOLERANCE:.0e})")
+    return diff
