@@ -15,6 +15,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--untrained", action="store_true", help="random weights, for timing only")
     p.add_argument("--backbone", default="resnet50", help="with --untrained: resnet18, resnet34 or resnet50")
     p.add_argument("--seed", type=int, default=0, help="with --untrained: weight seed [0]")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8"),
+                   help="fp32; fp16 (half weights and activations, for TensorRT); int8 (explicit Q/DQ) [fp32]")
+    p.add_argument("--calib", type=Path, help="with --precision int8: folder of real frames to calibrate on")
     return p
 
 
@@ -34,7 +37,22 @@ def run(args: argparse.Namespace) -> int:
         model = YoloNet(args.backbone)
     else:
         model = load_model(args.checkpoint)
-    diff = export_onnx(model, args.output, untrained=args.untrained)
-    print(f"wrote {args.output} ({model.backbone_name}, fp32{', untrained' if args.untrained else ''}); "
+    if args.precision == "int8" and args.calib is None:
+        raise SystemExit("fastyolo export: --precision int8 needs --calib DIR (a folder of real frames)")
+    fp32_path = args.output if args.precision == "fp32" else args.output.with_suffix(".fp32.onnx")
+    diff = export_onnx(model, fp32_path, untrained=args.untrained)
+    print(f"wrote {fp32_path} ({model.backbone_name}, fp32{', untrained' if args.untrained else ''}); "
           f"onnxruntime vs torch max abs diff {diff:.2e}")
+    # Lower precisions are rewrites of the verified fp32 graph, so the precision lives in the ONNX
+    # itself (TensorRT 11 has no FP16/INT8 builder flags).
+    if args.precision == "fp16":
+        from fastyolo.fp16 import convert_fp16
+
+        convert_fp16(fp32_path, args.output)
+    elif args.precision == "int8":
+        from fastyolo.quantize import quantize_int8
+
+        quantize_int8(fp32_path, args.output, args.calib)
+    if args.precision != "fp32":
+        print(f"wrote {args.output} ({args.precision})")
     return 0
