@@ -1,0 +1,50 @@
+"""Shared fixtures: the real data beside the repo (skipped with a reason where absent) and small models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+KITTI_DIR = SHARED_DATA / "kitti_tiny"
+CLIP = SHARED_DATA / "video" / "highway_clip.mp4"
+
+
+@pytest.fixture(scope="session")
+def kitti_dir() -> Path:
+    """75 real KITTI frames with labels (labels.csv and label_2/)."""
+    if not (KITTI_DIR / "labels.csv").is_file():
+        pytest.skip(f"real KITTI frames not found at {KITTI_DIR} (../shared/data beside the repo)")
+    return KITTI_DIR
+
+
+@pytest.fixture(scope="session")
+def kitti_images(kitti_dir: Path) -> list[Path]:
+    return sorted((kitti_dir / "images").glob("*.jpg"))
+
+
+@pytest.fixture(scope="session")
+def clip_path() -> Path:
+    """The real highway clip (960x540, 485 frames)."""
+    if not CLIP.is_file():
+        pytest.skip(f"real highway clip not found at {CLIP} (../shared/data beside the repo)")
+    return CLIP
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A per-session FASTYOLO_CACHE so tests never touch the user's cache."""
+    return tmp_path_factory.mktemp("fastyolo-cache")
+
+
+@pytest.fixture(scope="session")
+def untrained_r18(model_cache: Path) -> Path:
+    """An untrained ResNet-18 ONNX (fast to export and run); needs torch."""
+    pytest.importorskip("torch", reason="exporting a model needs the [train] extra (torch)")
+    import os
+
+    os.environ["FASTYOLO_CACHE"] = str(model_cache)
+    from fastyolo.reference_model import untrained_model
+
+    return untrained_model("resnet18", quiet=True)
