@@ -9,6 +9,10 @@ class ModelError(FastYoloError, ValueError):
     """A model or checkpoint file is missing, corrupt, or not of the expected layout."""
 
 
+class DatasetError(FastYoloError, ValueError):
+    """A dataset folder or labels file is missing, of an unknown format, or has a malformed row."""
+
+
 class FrameError(FastYoloError, ValueError):
     """A frame is not an HxWx3 uint8 BGR image."""
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +36,10 @@ def export_onnx(
     model = model.eval()
     example = torch.rand(2, 3, INPUT_SIZE, INPUT_SIZE)
     batch = torch.export.Dim("batch", min=1, max=256)
-    with torch.no_grad():
+    # torch's exporter logs about optional torchvision ops and deprecations that are not ours.
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         program = torch.onnx.export(
             model,
             (example,),

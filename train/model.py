@@ -155,9 +155,13 @@ class YoloNet(nn.Module):
     def load_backbone(self, state_dict: Mapping[str, Tensor]) -> None:
         """Load a torchvision ResNet ImageNet state dict (its fc.* entries are dropped)."""
         weights = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
-        missing, unexpected = self.backbone.load_state_dict(weights, strict=False)
-        if missing or unexpected:
+        own = self.backbone.state_dict()
+        missing = [k for k in own if k not in weights]
+        unexpected = [k for k in weights if k not in own]
+        wrong = [k for k in weights if k in own and tuple(weights[k].shape) != tuple(own[k].shape)]
+        if missing or unexpected or wrong:
             raise ValueError(
-                f"state dict does not fit {self.backbone_name}: "
-                f"{len(missing)} missing keys (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+                f"state dict does not fit {self.backbone_name}: {len(missing)} missing keys {missing[:2]}, "
+                f"{len(unexpected)} unexpected {unexpected[:2]}, {len(wrong)} of another shape {wrong[:2]}"
             )
+        self.backbone.load_state_dict(weights)

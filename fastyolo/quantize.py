@@ -1,0 +1,203 @@
+"""int8 post-training quantisation of an exported fp32 ONNX: explicit Q/DQ, calibrated on real frames.
+
+onnxruntime's static quantiser writes a QDQ graph (QuantizeLinear/DequantizeLinear pairs around
+Conv/Gemm/Add/MaxPool) with per-channel int8 weights and uint8 activations whose ranges come from
+running the fp32 model on real frames, preprocessed exactly as at inference. OpenVINO and
+onnxruntime both read that graph and run the quantised ops in int8. Needs no torch.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from fastyolo.errors import FastYoloError, MissingDependencyError, ModelError
+from fastyolo.layout import INPUT_NAME
+from fastyolo.model_file import read_onnx
+from fastyolo.preprocess import preprocess
+
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+# Parts that can stay fp32: the last Gemm (writes the output grid, so its rounding lands directly
+# on box coordinates) and the first conv (reads the raw normalised pixels).
+KEEP_CHOICES = ("head", "first_conv")
+DEFAULT_METHOD = "minmax"
+DEFAULT_KEEP: tuple[str, ...] = ("head",)
+DEFAULT_FRAMES = 64
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm")
+# The tail after the last Gemm (Reshape/Slice/Softmax/Sigmoid/Concat) stays fp32: quantising the
+# output would round every box coordinate to 8 bits.
+OPS_TO_QUANTIZE = ["Conv", "Gemm", "MatMul", "Add", "MaxPool"]
+
+
+def _spread(count: int, limit: int) -> list[int]:
+    """`limit` indices spread evenly over range(count) (all of them if there are fewer)."""
+    if count <= limit:
+        return list(range(count))
+    return sorted({int(i) for i in np.linspace(0, count - 1, limit)})
+
+
+def calibration_frames(source: str | os.PathLike, limit: int = DEFAULT_FRAMES) -> list[np.ndarray]:
+    """Up to `limit` real BGR frames from a folder of images (searched recursively) or a video file."""
+    source = Path(source)
+    if limit < 1:
+        raise ValueError(f"calibration needs at least 1 frame, got limit={limit}")
+    if source.is_dir():
+        paths = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not paths:
+            raise FastYoloError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {source}: point --calib at real frames")
+        frames = []
+        for i in _spread(len(paths), limit):
+            frame = cv2.imread(str(paths[i]), cv2.IMREAD_COLOR)
+            if frame is None:
+                raise FastYoloError(f"cannot read {paths[i]} as an image (corrupt?): remove it from the calibration folder")
+            frames.append(frame)
+        return frames
+    if source.is_file() and source.suffix.lower() in VIDEO_SUFFIXES:
+        capture = cv2.VideoCapture(str(source))
+        try:
+            total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+            wanted = set(_spread(total, limit))
+            frames = []
+            for index in range(total):
+                ok, frame = capture.read()
+                if not ok:
+                    break
+                if index in wanted:
+                    frames.append(frame)
+        finally:
+            capture.release()
+        if not frames:
+            raise FastYoloError(f"OpenCV decoded no frame of {source}: give a folder of images instead")
+        return frames
+    raise FastYoloError(f"calibration source {source} is neither a folder of images nor a video file")
+
+
+def _reader(frames: list[np.ndarray], progress: bool):
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class FrameReader(CalibrationDataReader):
+        """Feeds the frames one at a time, preprocessed as at inference."""
+
+        def __init__(self):
+            self.index = 0
+            self.bar = tqdm(total=len(frames), desc="calibrate", unit="frame", disable=not progress, leave=False)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            if self.index >= len(frames):
+                self.bar.close()
+                return None
+            batch = preprocess([frames[self.index]])
+            self.index += 1
+            self.bar.update()
+            return {INPUT_NAME: batch}
+
+        def rewind(self) -> None:
+            self.index = 0
+
+    return FrameReader()
+
+
+def nodes_kept_fp32(model, keep: Sequence[str]) -> list[str]:
+    """Names of the nodes `keep` ("head", "first_conv") refers to in `model` (an onnx.ModelProto)."""
+    unknown = set(keep) - set(KEEP_CHOICES)
+    if unknown:
+        raise ValueError(f"unknown part(s) {sorted(unknown)} to keep in fp32: choose from {', '.join(KEEP_CHOICES)}")
+    nodes = list(model.graph.node)
+    names = []
+    if "head" in keep:
+        heads = [n for n in nodes if n.op_type in ("Gemm", "MatMul")]
+        if not heads:
+            raise ModelError("no Gemm/MatMul in the model to keep as the fp32 head")
+        names.append(heads[-1].name)  # the graph is topologically sorted: the last one writes the grid
+    if "first_conv" in keep:
+        convs = [n for n in nodes if n.op_type == "Conv" and INPUT_NAME in n.input]
+        if not convs:
+            raise ModelError(f"no Conv reads '{INPUT_NAME}' directly: cannot keep the first conv in fp32")
+        names.append(convs[0].name)
+    return names
+
+
+def quantize_int8(
+    fp32_onnx: str | os.PathLike,
+    out_onnx: str | os.PathLike,
+    calib: str | os.PathLike,
+    *,
+    method: str = DEFAULT_METHOD,
+    frames: int = DEFAULT_FRAMES,
+    keep_fp32: Sequence[str] = DEFAULT_KEEP,
+    progress: bool = True,
+) -> Path:
+    """Write an int8 Q/DQ copy of `fp32_onnx` to `out_onnx`, calibrated on frames from `calib`.
+
+    calib: a folder of real images or a video file; `frames` of them, spread evenly, are used.
+    method: how activation ranges are chosen from the calibration run (minmax, entropy, percentile).
+    keep_fp32: parts left unquantised ("head": the last Gemm; "first_conv").
+    The fastyolo.* metadata is kept, with fastyolo.precision set to "int8".
+    """
+    try:
+        import onnx
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+    except ImportError as exc:  # pragma: no cover - onnxruntime is a core dependency
+        raise MissingDependencyError(f"int8 quantisation needs onnxruntime's quantisation tools: {exc}") from None
+    if method not in CALIBRATION_METHODS:
+        raise ValueError(f"unknown calibration method {method!r}: choose one of {', '.join(CALIBRATION_METHODS)}")
+    source = read_onnx(fp32_onnx)  # checks it is a fastyolo model of this layout
+    if source.precision != "fp32":
+        raise ModelError(f"{source.path} is already {source.precision}: quantise the fp32 export")
+    out_onnx = Path(out_onnx)
+    out_onnx.parent.mkdir(parents=True, exist_ok=True)
+    calib_frames = calibration_frames(calib, frames)
+
+    with tempfile.TemporaryDirectory(prefix="fastyolo-quant-") as tmp:
+        # Shape inference + ORT's basic graph optimisations (BatchNorm folding, constant folding)
+        # first, as onnxruntime recommends, so Q/DQ land on the ops that will actually run.
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(source.path), str(prepared), skip_symbolic_shape=False)
+        keep_names = nodes_kept_fp32(onnx.load_model(str(prepared)), keep_fp32)
+        quantized = Path(tmp) / "int8.onnx"
+        quantize_static(
+            str(prepared),
+            str(quantized),
+            _reader(calib_frames, progress),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=OPS_TO_QUANTIZE,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,  # u8 activations x s8 weights: the VNNI/AMX fast path
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=keep_names,
+            calibrate_method={
+                "minmax": CalibrationMethod.MinMax,
+                "entropy": CalibrationMethod.Entropy,
+                "percentile": CalibrationMethod.Percentile,
+            }[method],
+            extra_options={"WeightSymmetric": True, "CalibPercentile": 99.999},
+        )
+        proto = onnx.load_model(str(quantized))
+        metadata = {
+            **source.metadata,
+            "fastyolo.precision": "int8",
+            "fastyolo.int8.calibration": f"{method}, {len(calib_frames)} frames of {Path(calib).name}",
+            "fastyolo.int8.fp32_parts": ",".join(keep_fp32) or "none",
+        }
+        del proto.metadata_props[:]
+        for key, value in metadata.items():
+            proto.metadata_props.add(key=key, value=value)
+        # Temp name + rename, so a failure never leaves a half-written model behind.
+        fd, partial = tempfile.mkstemp(dir=out_onnx.parent, prefix=f".{out_onnx.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            onnx.save_model(proto, partial)
+            read_onnx(partial)
+            os.replace(partial, out_onnx)
+        except BaseException:
+            Path(partial).unlink(missing_ok=True)
+            raise
+    return out_onnx

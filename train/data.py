@@ -1,0 +1,80 @@
+"""The torch Dataset: read a frame, augment it when training, preprocess it exactly as inference does, build targets.
+
+Preprocessing is `fastyolo.preprocess.resize_rgb` + `normalize`, the functions every inference
+backend uses, so a trained network sees the same numbers at training and detection time.
+Augmentation draws from a generator seeded by (seed, epoch, index): the same epoch gives the same
+images in any worker process, which is what makes `--resume` exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+from torch.utils.data.distributed import DistributedSampler
+
+from fastyolo.datasets import Sample
+from fastyolo.preprocess import normalize, resize_rgb
+from fastyolo.train.targets import build_targets
+
+
+class YoloDataset(Dataset):
+    """Items: image (3, INPUT_SIZE, INPUT_SIZE) float32, target boxes, mask, classes, sample index, dropped objects."""
+
+    def __init__(self, samples: Sequence[Sample], *, augment: bool = False, seed: int = 0):
+        self.samples = list(samples)
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the augmentation draws of `epoch` (call before iterating a DataLoader over it)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        sample = self.samples[index]
+        image = sample.load_image()
+        boxes, class_ids = sample.boxes, sample.class_ids
+        if self.augment:
+            from fastyolo.train.augment import augment
+
+            rng = np.random.default_rng([self.seed, self.epoch, index])
+            image, boxes, class_ids = augment(image, boxes, class_ids, rng)
+        height, width = image.shape[:2]
+        targets = build_targets(boxes, class_ids, width, height)
+        pixels = torch.from_numpy(normalize(resize_rgb(image)))
+        return (
+            pixels,
+            torch.from_numpy(targets.boxes),
+            torch.from_numpy(targets.mask),
+            torch.from_numpy(targets.classes),
+            index,
+            targets.dropped,
+        )
+
+
+class ResumableSampler(Sampler[int]):
+    """A DistributedSampler's indices for one epoch (this rank's share), minus the first `skip` of them.
+
+    With one process it is a seeded shuffle (seed + epoch); `skip` lets a run interrupted mid-epoch
+    continue with exactly the batches it had not seen.
+    """
+
+    def __init__(self, size: int, *, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1):
+        self._inner = DistributedSampler(range(size), num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed)
+        self.skip = 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self._inner.set_epoch(epoch)
+        self.skip = skip
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(list(self._inner)[self.skip :])
+
+    def __len__(self) -> int:
+        return len(self._inner) - self.skip
