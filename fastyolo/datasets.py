@@ -27,7 +27,6 @@ import logging
 import math
 import os
 import warnings
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -178,7 +177,8 @@ def _crowdai_order(path: Path, body: list[tuple[int, list[str]]], report: Datase
     use_literal = bad["literal"] < bad["positional"]
     message = (
         f"{path.name}: the header says xmin,xmax,ymin,ymax; the values are read as "
-        + ("xmin,xmax,ymin,ymax (as the header says)" if use_literal else "xmin,ymin,xmax,ymax (Udacity's known header mix-up)")
+        + ("xmin,xmax,ymin,ymax (as the header says)" if use_literal
+           else "xmin,ymin,xmax,ymax (Udacity's known header mix-up)")
     )
     warnings.warn(message, stacklevel=4)
     report.warnings.append(message)
@@ -209,10 +209,11 @@ def _read_kitti(label_dir: Path, parser: _Parser) -> None:
             if not row:
                 continue
             if len(row) < 15:
-                parser.malformed(path, line, f"{len(row)} fields, expected 15 (type truncated occluded alpha x1 y1 x2 y2 ...)")
+                parser.malformed(path, line, f"{len(row)} fields, expected 15 (type truncated occluded alpha x1 y1 ...)")
                 continue
             name = KITTI_CLASSES.get(row[0])
-            parser.add(path.stem, parser.box(path, line, row[4:8]), row[0], None if name is None else CLASS_NAMES.index(name))
+            class_id = None if name is None else CLASS_NAMES.index(name)
+            parser.add(path.stem, parser.box(path, line, row[4:8]), row[0], class_id)
 
 
 def _sniff(path: Path) -> str:
@@ -230,7 +231,8 @@ def _sniff(path: Path) -> str:
             pass
     raise DatasetError(
         f"{path}: unknown labels format (first line {first.strip()[:80]!r}); expected a crowdAI CSV with an "
-        "xmin,ymin,xmax,ymax,Frame,Label header, an Autti `frame xmin ymin xmax ymax occluded label` file, or a KITTI label_2/ folder"
+        "xmin,ymin,xmax,ymax,Frame,Label header, an Autti `frame xmin ymin xmax ymax occluded label` file, "
+        "or a KITTI label_2/ folder"
     )
 
 
@@ -298,7 +300,7 @@ def load_dataset(
         elif (data_dir / "label_2").is_dir():
             labels = data_dir / "label_2"
         else:
-            raise DatasetError(f"{data_dir} has no labels.csv and no label_2/ folder: pass the labels file with --labels FILE")
+            raise DatasetError(f"{data_dir} has no labels.csv and no label_2/ folder: pass the labels with --labels FILE")
     labels = Path(labels)
     if not labels.exists():
         raise DatasetError(f"labels not found: {labels}")
