@@ -1,0 +1,144 @@
+"""Training augmentation as in the YOLO v1 paper and the original Keras project, on numpy + OpenCV.
+
+One cv2.warpAffine scales the frame about its centre (0.8-1.2) and shifts it by up to 20% of its
+width/height (same size out, black border); then saturation and value (brightness) are scaled in HSV by
+up to a factor of 1.5 either way; then the frame is flipped left-right with probability 0.5.
+
+Boxes go through the same affine. Pixel i spans [i, i+1) in box coordinates while OpenCV maps pixel
+centres, so the warp matrix is the box matrix shifted by half a pixel (see `_cv2_matrix`). After the warp
+boxes are clipped to the frame, and dropped when less than `min_visible` (25%) of their area stays
+inside it: a sliver of a car at the border is not a car the network should be asked to find.
+
+Works on any frame size: apply it to the resized network input (cheapest) or to the original frame.
+No torch here, so it is tested cheaply.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+MIN_VISIBLE = 0.25
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    """One draw of the random transform; `matrix` maps box coordinates (x, y) -> (x', y')."""
+
+    matrix: np.ndarray  # (2, 3) float64
+    saturation: float  # gain on HSV saturation
+    value: float  # gain on HSV value
+    flip: bool
+
+
+def draw_params(
+    rng: np.random.Generator,
+    width: int,
+    height: int,
+    *,
+    translate: float = 0.2,
+    scale: tuple[float, float] = (0.8, 1.2),
+    saturation: float = 1.5,
+    value: float = 1.5,
+    flip: float = 0.5,
+) -> AugmentParams:
+    """Draw a transform for a width x height frame. saturation/value: gains drawn log-uniformly in [1/g, g]."""
+    s = rng.uniform(*scale)
+    tx, ty = rng.uniform(-translate, translate, size=2) * (width, height)
+    # Scale about the frame's centre (width/2, height/2 in box coordinates), then shift.
+    matrix = np.array([[s, 0.0, (1 - s) * width / 2 + tx], [0.0, s, (1 - s) * height / 2 + ty]])
+    gains = np.exp(rng.uniform(-1, 1, size=2) * np.log([saturation, value]))
+    return AugmentParams(matrix, float(gains[0]), float(gains[1]), bool(rng.random() < flip))
+
+
+def _cv2_matrix(matrix: np.ndarray) -> np.ndarray:
+    """Box matrix -> cv2.warpAffine matrix: OpenCV's pixel i is at coordinate i, ours at i + 0.5."""
+    m = matrix.astype(np.float64).copy()
+    m[:, 2] += m[:, :2].sum(axis=1) * 0.5 - 0.5
+    return m
+
+
+def warp_boxes(
+    boxes: np.ndarray, matrix: np.ndarray, width: int, height: int, min_visible: float = MIN_VISIBLE
+) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes through an axis-aligned affine, clipped to the frame; returns (boxes, keep mask)."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    x = boxes[:, [0, 2]] * matrix[0, 0] + matrix[0, 2]
+    y = boxes[:, [1, 3]] * matrix[1, 1] + matrix[1, 2]
+    warped = np.stack([x.min(1), y.min(1), x.max(1), y.max(1)], axis=1)
+    area = (warped[:, 2] - warped[:, 0]) * (warped[:, 3] - warped[:, 1])
+    clipped = warped.clip(0.0, [width, height, width, height])
+    inside = np.maximum(clipped[:, 2] - clipped[:, 0], 0) * np.maximum(clipped[:, 3] - clipped[:, 1], 0)
+    keep = (inside > 0) & (inside >= min_visible * area)
+    return clipped[keep].astype(np.float32), keep
+
+
+def jitter_hsv(image: np.ndarray, saturation: float, value: float) -> np.ndarray:
+    """Scale a BGR uint8 frame's HSV saturation and value by the given gains (hue and geometry unchanged)."""
+    if saturation == 1.0 and value == 1.0:
+        return image
+    hsv = cv2.cvtColor(image, cv2.COLOR_BGR2HSV)
+    levels = np.arange(256, dtype=np.float32)
+    hsv[..., 1] = cv2.LUT(hsv[..., 1], np.clip(levels * saturation + 0.5, 0, 255).astype(np.uint8))
+    hsv[..., 2] = cv2.LUT(hsv[..., 2], np.clip(levels * value + 0.5, 0, 255).astype(np.uint8))
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
+
+
+def flip_boxes(boxes: np.ndarray, width: int) -> np.ndarray:
+    """Boxes of a left-right flipped frame (pixel i -> width - 1 - i, so x -> width - x)."""
+    out = np.array(boxes, np.float32, copy=True).reshape(-1, 4)
+    out[:, [0, 2]] = width - out[:, [2, 0]]
+    return out
+
+
+def apply(
+    image: np.ndarray, boxes: np.ndarray, class_ids: np.ndarray, params: AugmentParams, *, min_visible: float = MIN_VISIBLE
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Apply one drawn transform to a BGR uint8 frame and its (K, 4) x1, y1, x2, y2 boxes."""
+    height, width = image.shape[:2]
+    if not np.allclose(params.matrix, [[1, 0, 0], [0, 1, 0]]):
+        image = cv2.warpAffine(image, _cv2_matrix(params.matrix), (width, height), flags=cv2.INTER_LINEAR,
+                               borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+    boxes, keep = warp_boxes(boxes, params.matrix, width, height, min_visible)
+    class_ids = np.asarray(class_ids)[keep]
+    image = jitter_hsv(image, params.saturation, params.value)
+    if params.flip:
+        image = cv2.flip(image, 1)
+        boxes = flip_boxes(boxes, width)
+    return image, boxes, class_ids
+
+
+def augment(
+    image: np.ndarray,
+    boxes: np.ndarray,
+    class_ids: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    translate: float = 0.2,
+    scale: tuple[float, float] = (0.8, 1.2),
+    saturation: float = 1.5,
+    value: float = 1.5,
+    flip: float = 0.5,
+    min_visible: float = MIN_VISIBLE,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Random translate + scale (one warpAffine), HSV saturation/value jitter and left-right flip.
+
+    image: HxWx3 uint8 BGR; boxes: (K, 4) x1, y1, x2, y2 pixels; class_ids: (K,). Returns the frame
+    (same size), the boxes that keep at least `min_visible` of their area inside it (clipped) and their
+    class ids. translate: fraction of width/height; scale: range of the zoom factor; saturation, value:
+    largest gain factor (drawn in [1/g, g]); flip: probability of a left-right flip.
+    """
+    if not (0 <= translate < 1 and 0 < scale[0] <= scale[1] and saturation >= 1 and value >= 1 and 0 <= flip <= 1):
+        raise ValueError(
+            f"augment: need 0 <= translate < 1, 0 < scale[0] <= scale[1], saturation/value >= 1, 0 <= flip <= 1; "
+            f"got translate={translate}, scale={scale}, saturation={saturation}, value={value}, flip={flip}"
+        )
+    height, width = image.shape[:2]
+    params = draw_params(rng, width, height, translate=translate, scale=scale, saturation=saturation,
+                         value=value, flip=flip)
+    return apply(image, boxes, class_ids, params, min_visible=min_visible)
+
+
+__all__ = ["MIN_VISIBLE", "AugmentParams", "apply", "augment", "draw_params", "flip_boxes", "jitter_hsv", "warp_boxes"]
