@@ -11,6 +11,7 @@ from fastyolo.errors import FastYoloError
 # Each module has `add_parser(subparsers)` and `run(args) -> int`.
 COMMANDS = (
     "bench",
+    "detect",
     "export",
 )
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +76,15 @@ class Detector:
         sizes = np.array([(f.shape[1], f.shape[0]) for f in frames], dtype=np.float64)
         grids = self.pipeline.infer(self.pipeline.preprocess(frames))
         return self.pipeline.postprocess(grids, sizes, self.conf, self.iou, self.top_k)
+
+    def track(self, frames: Iterable[np.ndarray], *, fps: float = 30.0, smooth: str = "kalman") -> Iterator[Detections]:
+        """Detect in consecutive frames of one video; yields each frame's Detections with `track_ids`.
+
+        Ids come from ByteTrack, boxes are smoothed per id (smooth="kalman", "ema" or "none"); see fastyolo.track.
+        """
+        from fastyolo.track import track_frames
+
+        return track_frames(self, frames, fps=fps, smooth=smooth)
 
     def __repr__(self) -> str:
         i = self.pipeline.info
