@@ -1,8 +1,18 @@
-"""Timing the whole pipeline on a video, stage by stage."""
+"""Timing the whole pipeline on a video, stage by stage, in latency or throughput mode.
+
+latency:    one thread, batch 1, one frame in flight: decode -> preprocess -> infer -> postprocess.
+throughput: video decode on its own thread feeding a bounded queue (cv2 releases the GIL, so it
+            overlaps inference), frames micro-batched `batch` at a time, several inference
+            requests in flight (OpenVINO AsyncInferQueue with the THROUGHPUT hint; a worker
+            thread for other runtimes), decode + NMS as each request completes.
+"""
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -11,10 +21,14 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from fastyolo.detections import Detections
 from fastyolo.detector import Detector
 from fastyolo.errors import FastYoloError
+from fastyolo.pipeline import CpuPipeline
+from fastyolo.preprocess import preprocess
 
 STAGES = ("decode", "preprocess", "infer", "postprocess", "total")
+MODES = ("latency", "throughput")
 
 
 def sample_video() -> Path:
@@ -39,11 +53,14 @@ class VideoReader:
     def read(self) -> np.ndarray | None:
         ok, frame = self.capture.read()
         if not ok and self.loop:
-            self.capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
+            self.rewind()
             ok, frame = self.capture.read()
         if not ok:
             return None
         return frame
+
+    def rewind(self) -> None:
+        self.capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
 
     def close(self) -> None:
         self.capture.release()
@@ -56,6 +73,10 @@ class BenchResult:
     info: dict
     times_ms: dict[str, np.ndarray] = field(repr=False)
     detections: int = 0
+    mode: str = "latency"
+    batch: int = 1
+    in_flight: int = 1
+    outputs: list[Detections] | None = field(default=None, repr=False)  # per frame, with keep=True
 
     @property
     def fps(self) -> float:
@@ -66,6 +87,15 @@ class BenchResult:
             stage: {f"p{q}": round(float(np.percentile(t, q)), 3) for q in (50, 90, 99)}
             for stage, t in self.times_ms.items()
         }
+
+    def overhead_share(self) -> float | None:
+        """1 - infer / total at the medians: the share of a frame's latency spent outside the network.
+
+        Latency mode only: in throughput mode the stages overlap and total includes queueing.
+        """
+        if self.mode != "latency":
+            return None
+        return 1.0 - float(np.median(self.times_ms["infer"])) / float(np.median(self.times_ms["total"]))
 
     def to_json(self) -> dict:
         i = self.info
@@ -80,52 +110,279 @@ class BenchResult:
             "device": i.get("device"),
             "detections": self.detections,
             "stages": self.percentiles(),
+            "mode": self.mode,
+            "batch": self.batch,
+            "in_flight": self.in_flight,
+            "streams": i.get("streams", 1),
+            "thread_settings": i.get("thread_settings"),
+            "requested_precision": i.get("requested_precision"),
+            "backbone": i.get("backbone"),
+            "overhead_share": None if self.overhead_share() is None else round(self.overhead_share(), 4),
+            "stage_unit": "ms per frame; throughput mode: a batch's time / its frames, total = decode start to detections",
         }
 
     def table(self) -> str:
         i = self.info
+        threads = ", ".join(f"{k} {v}" for k, v in (i.get("thread_settings") or {}).items())
+        how = "batch 1, one frame in flight" if self.mode == "latency" else (
+            f"batch {self.batch}, {self.in_flight} request(s) in flight, {i.get('streams', 1)} stream(s), decode thread")
         lines = [
             f"model      {i['model']}" + ("  (untrained weights: timing only)" if i["untrained"] else ""),
-            f"backend    {i['backend']} on {i.get('device', 'CPU')}, precision {i['precision']}, threads {i['threads']}",
+            f"backend    {i['backend']} on {i.get('device', 'CPU')}, precision {i['precision']}, threads {i['threads']}"
+            + (f" ({threads})" if threads else ""),
+            f"mode       {self.mode}: {how}",
             f"frames     {self.frames} in {self.seconds:.2f} s: {self.fps:.1f} FPS end to end",
+        ]
+        if self.mode == "latency":
+            lines.append(f"overhead   {100 * self.overhead_share():.1f}% of a frame's latency outside the network "
+                         "(1 - infer/total)")
+        lines += [
             "",
             f"{'stage':<12}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}",
         ]
         for stage, p in self.percentiles().items():
             lines.append(f"{stage:<12}{p['p50']:>9.3f}{p['p90']:>9.3f}{p['p99']:>9.3f}")
+        if self.mode == "throughput":
+            lines.append("(stages overlap in throughput mode: per-frame shares of each batch; "
+                         "total = decode start to detections)")
         return "\n".join(lines)
 
 
-def run_bench(detector: Detector, video: str | Path, frames: int = 300, warmup: int = 10,
-              progress: bool = True) -> BenchResult:
-    """Run decode -> preprocess -> infer -> postprocess on `frames` frames of `video` (looping it)."""
+def run_bench(detector: Detector, video: str | Path, frames: int = 300, warmup: int = 10, progress: bool = True, *,
+              mode: str = "latency", batch: int = 1, in_flight: int | None = None, keep: bool = False) -> BenchResult:
+    """Time decode -> preprocess -> infer -> postprocess on `frames` frames of `video` (looping it).
+
+    The timed frames are always the video's first `frames` (after `warmup` untimed ones, then a
+    rewind), so two runs see the same frames; `keep` returns every frame's Detections in order.
+    """
     if frames < 1:
         raise ValueError(f"frames must be at least 1, got {frames}")
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
+    if batch < 1:
+        raise ValueError(f"batch must be at least 1, got {batch}")
+    if mode == "latency" and batch != 1:
+        raise ValueError(f"latency mode is batch 1, one frame in flight: use mode='throughput' for batch {batch}")
     reader = VideoReader(video)
-    pipe = detector.pipeline
-    times = np.zeros((len(STAGES), frames))
-    found = 0
     try:
-        for _ in range(warmup):
-            detector.detect(reader.read())
-        clock = time.perf_counter
-        start = clock()
-        for n in tqdm(range(frames), desc="bench", unit="frame", disable=not progress, leave=False):
-            t0 = clock()
-            frame = reader.read()
-            if frame is None:
-                raise FastYoloError(f"{video}: no frame could be decoded")
-            t1 = clock()
-            batch = pipe.preprocess([frame])
-            t2 = clock()
-            grids = pipe.infer(batch)
-            t3 = clock()
-            sizes = np.array([[frame.shape[1], frame.shape[0]]], dtype=np.float64)
-            found += len(pipe.postprocess(grids, sizes, detector.conf, detector.iou, detector.top_k)[0])
-            t4 = clock()
-            times[:, n] = (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0)
-        seconds = clock() - start
+        if mode == "latency":
+            return _latency(detector, reader, frames, warmup, progress, keep)
+        return _throughput(detector, reader, frames, warmup, progress, keep, batch, in_flight)
     finally:
         reader.close()
+
+
+def _latency(detector: Detector, reader: VideoReader, frames: int, warmup: int, progress: bool, keep: bool) -> BenchResult:
+    pipe = detector.pipeline
+    times = np.zeros((len(STAGES), frames))
+    outputs: list[Detections] = []
+    found = 0
+    for _ in range(warmup):
+        detector.detect(reader.read())
+    reader.rewind()
+    clock = time.perf_counter
+    start = clock()
+    for n in tqdm(range(frames), desc="bench", unit="frame", disable=not progress, leave=False):
+        t0 = clock()
+        frame = reader.read()
+        if frame is None:
+            raise FastYoloError(f"{reader.path}: no frame could be decoded")
+        t1 = clock()
+        images = pipe.preprocess([frame])
+        t2 = clock()
+        grids = pipe.infer(images)
+        t3 = clock()
+        sizes = np.array([[frame.shape[1], frame.shape[0]]], dtype=np.float64)
+        result = pipe.postprocess(grids, sizes, detector.conf, detector.iou, detector.top_k)[0]
+        t4 = clock()
+        found += len(result)
+        if keep:
+            outputs.append(result)
+        times[:, n] = (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0)
+    seconds = clock() - start
     times *= 1000.0
-    return BenchResult(frames, seconds, detector.info, dict(zip(STAGES, times, strict=True)), found)
+    return BenchResult(frames, seconds, detector.info, dict(zip(STAGES, times, strict=True)), found,
+                       "latency", 1, 1, outputs if keep else None)
+
+
+class _Batch:
+    """One micro-batch on its way through the pipeline, with the clock readings the stages need."""
+
+    def __init__(self, indices: list[int], frames: list[np.ndarray], decode_start: list[float]):
+        self.indices = indices
+        self.sizes = np.array([(f.shape[1], f.shape[0]) for f in frames], dtype=np.float64)
+        self.decode_start = decode_start
+        self.submitted = 0.0
+
+
+def _decode_worker(reader: VideoReader, frames: int, out: queue.Queue, stop: threading.Event,
+                   decode_ms: np.ndarray) -> None:
+    """Decode frames into the bounded queue (blocking when inference falls behind); None ends it."""
+    clock = time.perf_counter
+    try:
+        for n in range(frames):
+            t0 = clock()
+            frame = reader.read()
+            decode_ms[n] = (clock() - t0) * 1000.0
+            if frame is None:
+                raise FastYoloError(f"{reader.path}: no frame could be decoded")
+            while not stop.is_set():
+                try:
+                    out.put((n, frame, t0), timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if stop.is_set():
+                return
+    except BaseException as exc:  # handed to the main thread, which re-raises it
+        out.put(exc)
+        return
+    out.put(None)
+
+
+class _Runner:
+    """Runs inference asynchronously and calls `done(batch, grids)` as each batch finishes."""
+
+    def __init__(self, detector: Detector, batch: int, in_flight: int | None, done):
+        self.done = done
+        self.errors: list[BaseException] = []
+        session = getattr(detector.pipeline, "session", None)
+        self.async_queue = None
+        if session is not None and hasattr(session, "async_queue"):
+            self.async_queue = session.async_queue(batch, in_flight)
+            self.async_queue.set_callback(self._finished)
+            self.in_flight = len(self.async_queue)
+            self.streams = session.streams
+        else:
+            # One worker: inference overlaps decode + preprocess of the next batch without two
+            # runs fighting over the same cores (onnxruntime already uses every thread per run).
+            self.in_flight = in_flight or 1
+            self.streams = 1
+            self.pool = ThreadPoolExecutor(self.in_flight, thread_name_prefix="fastyolo-infer")
+            self.slots = threading.Semaphore(self.in_flight)
+            self.infer = detector.pipeline.infer
+
+    def _finished(self, request, job: _Batch) -> None:
+        try:
+            self.done(job, request.get_output_tensor(0).data.copy())
+        except BaseException as exc:
+            self.errors.append(exc)
+
+    def _run(self, images: np.ndarray, job: _Batch) -> None:
+        try:
+            self.done(job, self.infer(images))
+        except BaseException as exc:
+            self.errors.append(exc)
+        finally:
+            self.slots.release()
+
+    def submit(self, images: np.ndarray, job: _Batch) -> None:
+        if self.async_queue is not None:
+            # Waits for a free request first, so `submitted` is when this batch really starts.
+            self.async_queue.get_idle_request_id()
+            job.submitted = time.perf_counter()
+            self.async_queue.start_async({0: images}, job, share_inputs=False)
+        else:
+            self.slots.acquire()
+            job.submitted = time.perf_counter()
+            self.pool.submit(self._run, images, job)
+
+    def wait(self) -> None:
+        if self.async_queue is not None:
+            self.async_queue.wait_all()
+        else:
+            for _ in range(self.in_flight):
+                self.slots.acquire()
+            for _ in range(self.in_flight):
+                self.slots.release()
+        if self.errors:
+            raise self.errors[0]
+
+    def close(self) -> None:
+        if self.async_queue is None:
+            self.pool.shutdown(wait=True)
+
+
+def _pad(frames: list[np.ndarray], batch: int) -> list[np.ndarray]:
+    """A short last batch is padded by repeating its last frame: one compiled shape, same numbers."""
+    return frames + [frames[-1]] * (batch - len(frames))
+
+
+def _throughput(detector: Detector, reader: VideoReader, frames: int, warmup: int, progress: bool, keep: bool,
+                batch: int, in_flight: int | None) -> BenchResult:
+    pipe = detector.pipeline
+    if not isinstance(pipe, CpuPipeline):
+        raise FastYoloError("throughput mode pipelines the CPU runtimes (OpenVINO, onnxruntime): use latency mode here")
+    clock = time.perf_counter
+    times = np.zeros((len(STAGES), frames))
+    outputs: list[Detections | None] = [None] * frames
+    found = [0]
+    lock = threading.Lock()  # callbacks of two OpenVINO streams can run at once
+    bar = tqdm(total=frames, desc="bench", unit="frame", disable=not progress, leave=False)
+
+    def done(job: _Batch, grids: np.ndarray) -> None:
+        t_infer = clock()
+        count = len(job.indices)
+        if not count:  # warm-up
+            return
+        results = pipe.postprocess(grids[:count], job.sizes, detector.conf, detector.iou, detector.top_k)
+        t_post = clock()
+        with lock:
+            for k, n in enumerate(job.indices):
+                times[2, n] = (t_infer - job.submitted) * 1000.0 / count
+                times[3, n] = (t_post - t_infer) * 1000.0 / count
+                times[4, n] = (t_post - job.decode_start[k]) * 1000.0
+                found[0] += len(results[k])
+                if keep:
+                    outputs[n] = results[k]
+            bar.update(count)
+
+    runner = _Runner(detector, batch, in_flight, done)
+    try:
+        # Warm-up through the same asynchronous path (first runs compile and allocate).
+        warm = [reader.read() for _ in range(max(1, warmup))]
+        for i in range(0, len(warm), batch):
+            chunk = warm[i : i + batch]
+            runner.submit(preprocess(_pad(chunk, batch)), _Batch([], chunk, []))
+        runner.wait()
+        reader.rewind()
+
+        decoded: queue.Queue = queue.Queue(maxsize=2 * batch * runner.in_flight)
+        stop = threading.Event()
+        decoder = threading.Thread(target=_decode_worker, args=(reader, frames, decoded, stop, times[0]),
+                                   name="fastyolo-decode", daemon=True)
+        start = clock()
+        decoder.start()
+        finished = False
+        try:
+            while not finished:
+                indices, chunk, starts = [], [], []
+                while len(chunk) < batch:
+                    item = decoded.get()
+                    if item is None:
+                        finished = True
+                        break
+                    if isinstance(item, BaseException):
+                        raise item
+                    indices.append(item[0])
+                    chunk.append(item[1])
+                    starts.append(item[2])
+                if not chunk:
+                    break
+                t0 = clock()
+                images = preprocess(_pad(chunk, batch))  # a fresh array: the last one may still be in flight
+                times[1, indices] = (clock() - t0) * 1000.0 / len(chunk)
+                runner.submit(images, _Batch(indices, chunk, starts))
+                if runner.errors:
+                    raise runner.errors[0]
+            runner.wait()
+        finally:
+            stop.set()
+            decoder.join()
+        seconds = clock() - start
+    finally:
+        runner.close()
+        bar.close()
+    info = {**detector.info, "streams": runner.streams}
+    return BenchResult(frames, seconds, info, dict(zip(STAGES, times, strict=True)), found[0],
+                       "throughput", batch, runner.in_flight, outputs if keep else None)

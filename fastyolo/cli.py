@@ -13,6 +13,7 @@ COMMANDS = (
     "bench",
     "detect",
     "export",
+    "quantize",
 )
 
 

@@ -6,6 +6,7 @@ import os
 from typing import Any, Protocol
 
 import cv2
+import numba
 import numpy as np
 
 from fastyolo.backends import open_session
@@ -46,6 +47,7 @@ class CpuPipeline:
     def __init__(self, path: str | os.PathLike, backend: str, precision: str, threads: int):
         self.model = read_onnx(path)
         cv2.setNumThreads(threads)  # OpenCV's resize/decode share the cores with inference
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))  # for any parallel kernel
         self.session = open_session(self.model, backend, precision, threads)
         self._input: np.ndarray | None = None
         warmup()
@@ -55,6 +57,9 @@ class CpuPipeline:
             "precision": self.session.precision,
             "requested_precision": precision,
             "threads": self.session.threads,
+            # what each library was told, read back from it
+            "thread_settings": {"opencv": cv2.getNumThreads(), "numba": numba.get_num_threads(),
+                                self.session.name: self.session.threads},
             "model": str(self.model.path),
             "backbone": self.model.backbone,
             "untrained": self.model.untrained,

@@ -33,7 +33,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm")
 # The tail after the last Gemm (Reshape/Slice/Softmax/Sigmoid/Concat) stays fp32: quantising the
 # output would round every box coordinate to 8 bits.
-OPS_TO_QUANTIZE = ["Conv", "Gemm", "MatMul", "Add", "MaxPool"]
+OPS_TO_QUANTIZE = ["Conv", "Gemm", "MatMul", "Add", "MaxPool", "Relu"]
 
 
 def _spread(count: int, limit: int) -> list[int]:
@@ -201,3 +201,30 @@ def quantize_int8(
             Path(partial).unlink(missing_ok=True)
             raise
     return out_onnx
+
+
+def int8_model_for(model: str | os.PathLike, calib: str | os.PathLike | None = None, *,
+                   method: str = DEFAULT_METHOD, keep_fp32: Sequence[str] = DEFAULT_KEEP,
+                   frames: int = DEFAULT_FRAMES) -> Path:
+    """An int8 model for `model`: itself if it is int8, its sibling `<stem>.int8.onnx` if that exists,
+    else a quantised copy in the fastyolo cache (made once, calibrated on `calib`, by default the
+    bundled real highway clip)."""
+    from fastyolo.bench import sample_video
+    from fastyolo.reference_model import cache_dir
+
+    path = Path(model)
+    if read_onnx(path).precision == "int8":
+        return path
+    sibling = path.with_name(f"{path.stem}.int8.onnx")
+    if sibling.is_file():
+        return sibling
+    calib = Path(calib) if calib is not None else sample_video()
+    stat = path.stat()
+    # The cache key names the source file's identity and every choice that changes the result.
+    tag = f"{path.stem}-{stat.st_size}-{int(stat.st_mtime)}-{method}-{'+'.join(keep_fp32) or 'all'}-{calib.name}-{frames}"
+    cached = cache_dir() / f"{tag}.int8.onnx"
+    if not cached.is_file():
+        print(f"quantising {path.name} to int8 ({method}, {frames} frames of {calib.name}) -> {cached} (once) ...",
+              flush=True)
+        quantize_int8(path, cached, calib, method=method, frames=frames, keep_fp32=keep_fp32)
+    return cached

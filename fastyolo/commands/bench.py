@@ -1,4 +1,4 @@
-"""fastyolo bench [VIDEO]: FPS and per-stage latency of the whole pipeline."""
+"""fastyolo bench [VIDEO]: FPS and per-stage latency of the whole pipeline; --compare, --check."""
 
 from __future__ import annotations
 
@@ -8,36 +8,156 @@ from pathlib import Path
 
 from fastyolo.backends import BACKENDS, PRECISIONS
 
+MODE_CHOICES = ("latency", "throughput", "both")
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("bench", help="time the whole pipeline on a video (default: the bundled highway clip)")
+    p = subparsers.add_parser(
+        "bench", help="time the whole pipeline on a video (default: the bundled highway clip)",
+        description="Time decode -> preprocess -> infer -> postprocess. --compare times several backend/precision "
+        "combinations interleaved in one process; --check measures each precision's agreement with fp32.")
     p.add_argument("video", nargs="?", help="video file (default: bundled real highway clip, 960x540)")
     p.add_argument("--model", help=".onnx or .plan (default: untrained ResNet-50 reference, timing only)")
     p.add_argument("--backend", default="auto", choices=("auto", *BACKENDS, "tensorrt"))
-    p.add_argument("--precision", default="fp32", choices=PRECISIONS)
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help="fp32; bf16 (OpenVINO, where the CPU has it; fp32 otherwise and it says so); "
+                   "int8 (Q/DQ model: --int8-model, MODEL.int8.onnx beside --model, or quantised once into the cache)")
+    p.add_argument("--mode", default="latency", choices=MODE_CHOICES,
+                   help="latency: batch 1, one frame in flight; throughput: decode thread, --batch, async requests; "
+                   "both [latency]")
+    p.add_argument("--batch", type=int, default=4, help="frames per inference call in throughput mode [4]")
+    p.add_argument("--in-flight", type=int, default=None,
+                   help="inference requests in flight in throughput mode [OpenVINO's optimum; 1 for onnxruntime]")
     p.add_argument("--frames", type=int, default=300, help="timed frames (the clip loops) [300]")
     p.add_argument("--warmup", type=int, default=10, help="untimed frames first [10]")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for every library [all cores]")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for every library (OpenCV, OpenVINO, onnxruntime, numba) [all cores]")
     p.add_argument("--conf", type=float, default=0.25)
     p.add_argument("--iou", type=float, default=0.45)
+    p.add_argument("--int8-model", type=Path, help="int8 ONNX to use for int8 rows (from 'fastyolo quantize')")
+    p.add_argument("--calib", type=Path,
+                   help="frames (folder or video) to quantise --model on when no int8 model exists [bundled clip]")
+    p.add_argument("--compare", action="store_true",
+                   help="time onnxruntime/OpenVINO x fp32/bf16/int8 interleaved and print one table with ratios")
+    p.add_argument("--combos", default=None,
+                   help="with --compare: comma-separated backend:precision list [all five CPU combinations]")
+    p.add_argument("--rounds", type=int, default=3, help="with --compare: interleaved rounds [3]")
+    p.add_argument("--check", action="store_true",
+                   help="mAP@0.5 of each precision's detections with the fp32 detections as ground truth")
+    p.add_argument("--data", type=Path,
+                   help="with --check: real frames (folder of images or a video) [the bundled clip]")
+    p.add_argument("--check-frames", type=int, default=100, help="with --check: frames, spread evenly [100]")
     p.add_argument("--json", type=Path, help="also write the figures as JSON here")
     return p
 
 
+def _combos(text: str | None) -> tuple[tuple[str, str], ...]:
+    from fastyolo.compare import DEFAULT_COMBOS
+    from fastyolo.errors import FastYoloError
+
+    if not text:
+        return DEFAULT_COMBOS
+    combos = []
+    for item in text.split(","):
+        backend, _, precision = item.strip().partition(":")
+        if backend not in BACKENDS or precision not in PRECISIONS:
+            raise FastYoloError(f"--combos item {item!r}: write backend:precision with backend in {', '.join(BACKENDS)} "
+                                f"and precision in {', '.join(PRECISIONS)}, e.g. openvino:int8")
+        combos.append((backend, precision))
+    return tuple(combos)
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    for name in ("frames", "batch", "rounds", "check_frames"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"fastyolo bench: --{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.in_flight is not None and args.in_flight < 1:
+        raise SystemExit(f"fastyolo bench: --in-flight must be at least 1, got {args.in_flight}")
+    if args.warmup < 0:
+        raise SystemExit(f"fastyolo bench: --warmup must be 0 or more, got {args.warmup}")
+
+
+def _write_json(path: Path | None, data: dict) -> None:
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, indent=2) + "\n")
+        print(f"wrote {path}")
+
+
 def run(args: argparse.Namespace) -> int:
+    from fastyolo.errors import FastYoloError
+
+    try:
+        return _run(args)
+    except ValueError as exc:  # a bad combination of options (e.g. bf16 on onnxruntime): one line, no traceback
+        if isinstance(exc, FastYoloError):
+            raise
+        raise FastYoloError(str(exc)) from None
+
+
+def _run(args: argparse.Namespace) -> int:
     from fastyolo.bench import run_bench, sample_video
     from fastyolo.detector import Detector
     from fastyolo.reference_model import untrained_model
 
-    model = args.model or untrained_model()
+    _check_args(args)
+    model = Path(args.model) if args.model else untrained_model()
     video = args.video or sample_video()
+    is_onnx = model.suffix.lower() == ".onnx"
+
+    def int8_model() -> Path:
+        from fastyolo.quantize import int8_model_for
+
+        return args.int8_model or int8_model_for(model, args.calib)
+
+    if args.check or args.compare:
+        if not is_onnx:
+            raise SystemExit("fastyolo bench: --check and --compare time the CPU runtimes: give an fp32 .onnx as --model")
+        from fastyolo.model_file import read_onnx
+
+        if read_onnx(model).precision != "fp32":
+            raise SystemExit("fastyolo bench: --check and --compare need the fp32 model as --model (the int8 one "
+                             "goes in --int8-model)")
+    output: dict = {}
+    if args.check:
+        from fastyolo.agreement import check_precisions, check_table
+        from fastyolo.quantize import calibration_frames
+
+        data = args.data or sample_video()
+        frames = calibration_frames(data, args.check_frames)
+        rows = check_precisions(model, int8_model(), frames, threads=args.threads, conf=args.conf, iou=args.iou)
+        print(check_table(rows, len(frames), str(data)))
+        output["check"] = {"data": str(data), "frames": len(frames), "reference": "openvino/fp32", "rows": rows}
+    if args.compare:
+        from fastyolo.compare import compare_json, compare_table, run_compare
+
+        modes = ("latency", "throughput") if args.mode == "both" else (args.mode,)
+        combos = _combos(args.combos)
+        needs_int8 = any(p == "int8" for _, p in combos)
+        results = run_compare(model, int8_model() if needs_int8 else None, video, combos=combos, modes=modes,
+                              batch=args.batch, frames=args.frames, rounds=args.rounds, warmup=args.warmup,
+                              threads=args.threads, conf=args.conf, iou=args.iou)
+        print(f"video      {video}")
+        print(compare_table(results, args.rounds))
+        output["compare"] = compare_json(results, args.rounds)
+    if args.check or args.compare:
+        _write_json(args.json, output)
+        return 0
+
+    if args.precision == "int8" and is_onnx:
+        model = int8_model()
     detector = Detector(model, backend=args.backend, precision=args.precision, threads=args.threads,
                         conf=args.conf, iou=args.iou)
-    result = run_bench(detector, video, frames=args.frames, warmup=args.warmup)
+    modes = ("latency", "throughput") if args.mode == "both" else (args.mode,)
+    runs = []
     print(f"video      {video}")
-    print(result.table())
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result.to_json(), indent=2) + "\n")
-        print(f"wrote {args.json}")
+    for n, mode in enumerate(modes):
+        if n:
+            print()
+        result = run_bench(detector, video, frames=args.frames, warmup=args.warmup, mode=mode,
+                           batch=1 if mode == "latency" else args.batch, in_flight=args.in_flight)
+        print(result.table())
+        runs.append(result.to_json())
+    # The first run's keys stay at the top level (the format `bench` always wrote); every run is in "runs".
+    _write_json(args.json, {**runs[0], "runs": runs})
     return 0
