@@ -48,7 +48,7 @@ def annotate(frame: np.ndarray, detections: Detections, *, copy: bool = True) ->
         x1, y1, x2, y2 = (int(round(float(v))) for v in detections.boxes[i])
         cid = int(detections.class_ids[i])
         colour = class_colour(cid)
-        cv2.rectangle(image, (x1, y1), (x2, y2), colour, thick, cv2.LINE_AA)
+        cv2.rectangle(image, (x1, y1), (x2, y2), colour, thick)  # axis-aligned: crisp without anti-aliasing
         name = CLASS_NAMES[cid] if cid < len(CLASS_NAMES) else str(cid)
         text = label_text(name, float(detections.scores[i]), None if tracks is None else int(tracks[i]))
         (tw, th), base = cv2.getTextSize(text, FONT, font_scale, font_thick)
