@@ -53,3 +53,18 @@ def load_model(path: str | os.PathLike) -> YoloNet:
     model = YoloNet(state["backbone"])
     model.load_state_dict(state["model"])
     return model.eval()
+
+
+def rng_state() -> dict[str, Any]:
+    """The torch random states (CPU and every CUDA device) that dropout and shuffling draw from."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what rng_state() returned, so a resumed run draws the same numbers."""
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -12,12 +12,12 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
+from fastyolo.train.targets import build_targets
 from torch.utils.data import Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
 from fastyolo.datasets import Sample
 from fastyolo.preprocess import normalize, resize_rgb
-from fastyolo.train.targets import build_targets
 
 
 class YoloDataset(Dataset):

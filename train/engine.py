@@ -1,0 +1,373 @@
+"""The training loop: epochs of SGD/AdamW on the YOLO loss, validation loss and mAP, checkpoints, resume, DDP.
+
+One process trains on one device. Under `torchrun --nproc-per-node K` every process trains on its
+share of each epoch (DistributedSampler) through DistributedDataParallel; rank 0 alone validates,
+prints and writes files. Resume is exact for one process: model, optimizer, schedule, epoch, the
+batch reached inside an interrupted epoch and the torch random state are all in last.pt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from fastyolo.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from fastyolo.train.data import ResumableSampler, YoloDataset
+from fastyolo.train.loss import yolo_loss
+from fastyolo.train.model import YoloNet
+from fastyolo.train.schedule import MILESTONES, WARMUP, make_optimizer, make_scheduler
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from fastyolo.datasets import Sample
+from fastyolo.detections import Detections
+from fastyolo.errors import FastYoloError, ModelError
+
+EVAL_CONF = 0.01  # keep low-score boxes: mAP integrates over every threshold
+EVAL_IOU = 0.45  # NMS threshold, the Detector's default
+EVAL_TOP_K = 100
+LOSS_PARTS = ("box", "obj", "noobj", "cls")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run; saved in every checkpoint so --resume continues the same run."""
+
+    out: str
+    epochs: int = 100
+    batch: int = 16
+    backbone: str = "resnet50"
+    pretrained: str | None = None
+    optimizer: str = "sgd"
+    lr: float | None = None  # None: the optimizer's default (SGD 1e-2, AdamW 1e-3)
+    warmup: float = WARMUP
+    milestones: tuple[float, ...] = MILESTONES
+    augment: bool = True
+    dropout: float = 0.5
+    seed: int = 0
+    workers: int = 2
+    device: str = "auto"
+    eval_every: int = 1
+    min_size: float = 0.0  # boxes smaller than this (pixels) are ignored by the mAP
+    val_name: str = "val"  # "val", or "train" when validating on the training frames
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: str) -> Distributed:
+    """Join the torchrun process group when launched by torchrun (WORLD_SIZE > 1), else one process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Distributed()
+    backend = "nccl" if device != "cpu" and torch.cuda.is_available() else "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend)
+    return Distributed(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def pick_device(name: str, ddp: Distributed) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise FastYoloError("--device cuda but torch sees no CUDA GPU: use --device cpu (or auto)")
+        return torch.device("cuda", ddp.local_rank if ddp.world_size > 1 else torch.cuda.current_device())
+    if name != "cpu":
+        raise FastYoloError(f"unknown device {name!r}: use auto, cpu or cuda")
+    return torch.device("cpu")
+
+
+def split_samples(samples: Sequence[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """A seeded random split into (train, val) with round(fraction * n) validation frames."""
+    if not 0.0 <= fraction < 1.0:
+        raise FastYoloError(f"--val-split must be in [0, 1), got {fraction}")
+    order = np.random.default_rng(seed).permutation(len(samples))
+    n_val = round(fraction * len(samples))
+    val = sorted(order[:n_val].tolist())
+    train = sorted(order[n_val:].tolist())
+    return [samples[i] for i in train], [samples[i] for i in val]
+
+
+class _StopFlag:
+    """Ctrl-C sets a flag that the loop checks between batches, so a checkpoint is never torn mid-step.
+
+    A second Ctrl-C interrupts at once (the default handler is back by then).
+    """
+
+    def __init__(self):
+        self.stop = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        except ValueError:  # not the main thread: keep the default behaviour
+            self._previous = None
+        return self
+
+    def _handler(self, signum, frame):
+        self.stop = True
+        print("\nCtrl-C: finishing this batch, then saving last.pt (press again to abort at once)", flush=True)
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
+
+
+def _batch_to(device: torch.device, batch) -> tuple[torch.Tensor, ...]:
+    images, boxes, mask, classes = (t.to(device, non_blocking=True) for t in batch[:4])
+    return images, boxes, mask, classes
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, loader: DataLoader, device: torch.device) -> tuple[np.ndarray, dict[str, float]]:
+    """Network outputs (N, S, S, CELL_SIZE) for the loader's frames, in order, and the mean loss parts."""
+    model.eval()
+    grids, sums, count = [], dict.fromkeys(("loss", *LOSS_PARTS), 0.0), 0
+    for batch in loader:
+        images, boxes, mask, classes = _batch_to(device, batch)
+        out = model(images)
+        loss, parts = yolo_loss(out, boxes, mask, classes)
+        n = images.shape[0]
+        sums["loss"] += float(loss) * n
+        for k in LOSS_PARTS:
+            sums[k] += float(parts[k]) * n
+        count += n
+        grids.append(out.float().cpu().numpy())
+    return np.concatenate(grids), {k: v / max(count, 1) for k, v in sums.items()}
+
+
+def detections_from_grids(grids: np.ndarray, sizes: np.ndarray, conf: float = EVAL_CONF) -> list[Detections]:
+    """Decode + NMS exactly as the Detector does (the numba kernel), one Detections per frame."""
+    from fastyolo.kernels import decode_nms_batch
+
+    boxes, scores, classes, counts = decode_nms_batch(grids, sizes, conf, EVAL_IOU, EVAL_TOP_K)
+    return [Detections(boxes[i, :c].copy(), scores[i, :c].copy(), classes[i, :c].copy()) for i, c in enumerate(counts)]
+
+
+def evaluate_grids(grids: np.ndarray, samples: Sequence[Sample], min_size: float = 0.0) -> dict[str, Any]:
+    """mAP (fastyolo.metrics.evaluate) of decoded network outputs against the samples' boxes."""
+    from fastyolo.metrics import evaluate
+
+    sizes = np.array([(s.width, s.height) for s in samples], dtype=np.float64)
+    return evaluate(detections_from_grids(grids, sizes), list(samples), min_size=min_size)
+
+
+def _loader(dataset: YoloDataset, batch: int, workers: int, device: torch.device, sampler=None) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=batch,
+        sampler=sampler,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        # Seeds the workers' base seed; a fixed generator keeps the global torch RNG (dropout) untouched.
+        generator=torch.Generator().manual_seed(0),
+        persistent_workers=False,
+    )
+
+
+def _write_history(out: Path, history: list[dict[str, Any]]) -> None:
+    """metrics.jsonl and metrics.csv, rewritten whole after each epoch (the checkpoint holds the same list)."""
+    tmp = out / ".metrics.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in history))
+    os.replace(tmp, out / "metrics.jsonl")
+    keys = list(dict.fromkeys(k for row in history for k in row))
+    lines = [",".join(keys)] + [",".join("" if row.get(k) is None else f"{row[k]}" for k in keys) for row in history]
+    tmp = out / ".metrics.csv.tmp"
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, out / "metrics.csv")
+
+
+def fit(
+    config: TrainConfig,
+    train_samples: Sequence[Sample],
+    val_samples: Sequence[Sample],
+    *,
+    resume: bool = False,
+    stop_after: int | None = None,
+    target_map: float | None = None,
+    log: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    """Train, validating every `eval_every` epochs; returns the per-epoch history.
+
+    Writes OUT/last.pt (full state, every epoch and on Ctrl-C), OUT/best.pt (best validation
+    mAP@0.5), OUT/metrics.jsonl|csv and OUT/curves.png. `stop_after=k` ends cleanly after epoch k,
+    as an interrupted run would (resume it with resume=True); `target_map` ends the run once the
+    validation mAP@0.5 reaches it.
+    """
+    ddp = init_distributed(config.device)
+    device = pick_device(config.device, ddp)
+    out = Path(config.out)
+    say = log if ddp.main else (lambda _msg: None)
+    if ddp.main:
+        out.mkdir(parents=True, exist_ok=True)
+
+    torch.manual_seed(config.seed)
+    model = YoloNet(config.backbone, dropout=config.dropout)
+    if config.pretrained and not resume:
+        load_pretrained(model, config.pretrained)
+    model.to(device)
+    optimizer = make_optimizer(model, config.optimizer, config.lr)
+
+    train_set = YoloDataset(train_samples, augment=config.augment, seed=config.seed)
+    val_set = YoloDataset(val_samples, augment=False)
+    sampler = ResumableSampler(len(train_set), shuffle=True, seed=config.seed, rank=ddp.rank, world_size=ddp.world_size)
+    steps_per_epoch = math.ceil(len(sampler) / config.batch)
+    scheduler = make_scheduler(optimizer, config.epochs * steps_per_epoch, config.warmup, config.milestones)
+
+    start_epoch, skip_batches, history, best_map = 0, 0, [], -1.0
+    partial: dict[str, float] = {}
+    if resume:
+        state = load_checkpoint(out / "last.pt")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, skip_batches = state["epoch"], state["batches_done"]
+        history, best_map, partial = state["history"], state["best_map"], state.get("partial", {})
+        set_rng_state(state["rng"])
+        say(f"resuming {out / 'last.pt'}: epoch {start_epoch + 1}/{config.epochs}, batch {skip_batches}/{steps_per_epoch}")
+
+    net = model
+    if ddp.world_size > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    val_loader = _loader(val_set, config.batch, config.workers, device) if ddp.main and len(val_set) else None
+
+    def save_last(epoch: int, batches_done: int, sums: dict[str, float]) -> None:
+        save_checkpoint(
+            out / "last.pt", model,
+            optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), epoch=epoch,
+            batches_done=batches_done, partial=sums, history=history, best_map=best_map,
+            rng=rng_state(), config=dataclasses.asdict(config),
+        )
+
+    with _StopFlag() as flag:
+        for epoch in range(start_epoch, config.epochs):
+            started = time.perf_counter()
+            train_set.set_epoch(epoch)
+            sampler.set_epoch(epoch, skip=skip_batches * config.batch)
+            loader = _loader(train_set, config.batch, config.workers, device, sampler)
+            sums = dict(partial) or {k: 0.0 for k in ("loss", *LOSS_PARTS, "images", "dropped")}
+            net.train()
+            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", total=steps_per_epoch,
+                       initial=skip_batches, disable=not ddp.main, leave=False, dynamic_ncols=True)
+            batches_done = skip_batches
+            for batch in bar:
+                images, boxes, mask, classes = _batch_to(device, batch)
+                loss, parts = yolo_loss(net(images), boxes, mask, classes)
+                if not torch.isfinite(loss):
+                    lr = scheduler.get_last_lr()[0]
+                    raise FastYoloError(f"loss became {float(loss)} at epoch {epoch + 1}: lower --lr (now {lr:.2e})")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                batches_done += 1
+                n = images.shape[0]
+                sums["loss"] += float(loss) * n
+                for k in LOSS_PARTS:
+                    sums[k] += float(parts[k]) * n
+                sums["images"] += n
+                sums["dropped"] += float(batch[5].sum())
+                bar.set_postfix(loss=f"{sums['loss'] / sums['images']:.3f}", lr=f"{scheduler.get_last_lr()[0]:.1e}")
+                if _should_stop(flag.stop, ddp, device):
+                    bar.close()
+                    if ddp.main:
+                        save_last(epoch, batches_done, sums)
+                        say(f"interrupted in epoch {epoch + 1}: saved {out / 'last.pt'}; continue with --resume")
+                    raise KeyboardInterrupt
+            bar.close()
+            skip_batches, partial = 0, {}
+
+            row: dict[str, Any] = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0]}
+            images_seen = max(sums["images"], 1.0)
+            row.update({f"train_{k}": sums[k] / images_seen for k in ("loss", *LOSS_PARTS)})
+            row["dropped_objects"] = int(sums["dropped"])
+            if val_loader is not None and ((epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs):
+                grids, val_loss = predict(model, val_loader, device)
+                metrics = evaluate_grids(grids, val_samples, config.min_size)
+                row.update({f"{config.val_name}_{k}": v for k, v in val_loss.items()})
+                row[f"{config.val_name}_map50"] = metrics["map50"]
+                row[f"{config.val_name}_map50_95"] = metrics["map50_95"]
+            row["seconds"] = round(time.perf_counter() - started, 2)
+            history.append(row)
+
+            if ddp.main:
+                current = row.get(f"{config.val_name}_map50")
+                if current is not None and current > best_map:
+                    best_map = current
+                    save_checkpoint(out / "best.pt", model, epoch=epoch + 1, metrics=row, config=dataclasses.asdict(config))
+                save_last(epoch + 1, 0, {})
+                _write_history(out, history)
+                from fastyolo.train.plots import plot_curves
+
+                plot_curves(history, out / "curves.png", config.val_name)
+                say(_summary(row, config))
+            if stop_after is not None and epoch + 1 >= stop_after:
+                break
+            reached = row.get(f"{config.val_name}_map50")
+            if target_map is not None and reached is not None and reached >= target_map:
+                say(f"{config.val_name} mAP@0.5 {reached:.3f} >= {target_map}: stopping after epoch {epoch + 1}")
+                break
+    if ddp.world_size > 1:
+        dist.barrier()
+    return history
+
+
+def _should_stop(flag: bool, ddp: Distributed, device: torch.device) -> bool:
+    """Every rank stops at the same batch: a Ctrl-C seen by any rank stops them all."""
+    if ddp.world_size == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def _summary(row: dict[str, Any], config: TrainConfig) -> str:
+    text = f"epoch {row['epoch']}/{config.epochs}: train loss {row['train_loss']:.4f}"
+    v = config.val_name
+    if f"{v}_loss" in row:
+        text += f", {v} loss {row[f'{v}_loss']:.4f}, {v} mAP@0.5 {row[f'{v}_map50']:.3f}"
+        text += f", mAP@0.5:0.95 {row[f'{v}_map50_95']:.3f}"
+    return text + f" ({row['seconds']:.1f} s)"
+
+
+def load_pretrained(model: YoloNet, path: str | os.PathLike) -> None:
+    """Load a torchvision ImageNet ResNet state dict from a local file into the backbone."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"--pretrained file not found: {path} (a torchvision ResNet state dict .pth)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelError(f"{path} is not a readable torch state dict ({type(exc).__name__}: {exc})") from None
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    try:
+        model.load_backbone(state)
+    except ValueError as exc:
+        raise ModelError(f"{path}: {exc} (pass --backbone matching the file)") from None
