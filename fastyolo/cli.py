@@ -12,6 +12,7 @@ from fastyolo.errors import FastYoloError
 COMMANDS = (
     "bench",
     "detect",
+    "eval",
     "export",
     "quantize",
 )

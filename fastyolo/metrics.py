@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -64,7 +65,14 @@ def average_precision(recall: np.ndarray, precision: np.ndarray) -> float:
 def voc_ap50(
     predictions: Sequence[Detections], truths: Sequence[Truth], ignore: Sequence[np.ndarray], iou: float = VOC_IOU
 ) -> list[float | None]:
-    """Per-class VOC AP (all-point) at IoU `iou`; None for a class with no evaluated box.
+    """Per-class VOC AP (all-point) at IoU `iou`; None for a class with no evaluated box."""
+    return [None if c is None else average_precision(*c) for c in voc_curves(predictions, truths, ignore, iou)]
+
+
+def voc_curves(
+    predictions: Sequence[Detections], truths: Sequence[Truth], ignore: Sequence[np.ndarray], iou: float = VOC_IOU
+) -> list[tuple[np.ndarray, np.ndarray] | None]:
+    """Per-class (recall, precision) over the detections ranked by score; None for a class with no evaluated box.
 
     As in the VOC devkit: each detection, best score first, goes to the same-class box it overlaps
     most; it is a true positive if that IoU >= `iou` and the box was not taken by a higher-scoring
@@ -95,10 +103,10 @@ def voc_ap50(
         cls_a = key_a = np.zeros(0, np.int64)
         score_a = np.zeros(0)
         cand_a = skip_a = np.zeros(0, bool)
-    aps: list[float | None] = []
+    curves: list[tuple[np.ndarray, np.ndarray] | None] = []
     for c in range(CLASSES):
         if npos[c] == 0:
-            aps.append(None)
+            curves.append(None)
             continue
         sel = np.nonzero((cls_a == c) & ~skip_a)[0]
         sel = sel[np.argsort(-score_a[sel], kind="stable")]
@@ -109,8 +117,8 @@ def voc_ap50(
         tp[np.nonzero(cand)[0][first]] = True
         ctp = np.cumsum(tp)
         cfp = np.cumsum(~tp)
-        aps.append(average_precision(ctp / npos[c], ctp / np.maximum(ctp + cfp, 1)) if len(sel) else 0.0)
-    return aps
+        curves.append((ctp / npos[c], ctp / np.maximum(ctp + cfp, 1)))
+    return curves
 
 
 def coco_inputs(
@@ -176,13 +184,15 @@ def evaluate(
     *,
     min_size: float = 0.0,
     image_sizes: Sequence[tuple[int, int]] | None = None,
+    curves: bool = False,
 ) -> dict[str, Any]:
     """VOC mAP@0.5 and COCO mAP@[.5:.95] of per-frame detections against per-frame ground truth.
 
     truths: Samples (their width/height give the frame sizes) or (boxes, class_ids) pairs, then
     `image_sizes` [(width, height), ...] is needed when min_size > 0. Returns
     {"map50", "map50_95", "per_class": {name: {"ap50", "ap50_95", "boxes", "ignored", "detections"}},
-    "boxes_evaluated", "boxes_ignored", "detections", "frames", "min_size"}.
+    "boxes_evaluated", "boxes_ignored", "detections", "frames", "min_size"}; with curves=True also
+    "curves": {name: (recall, precision) arrays at IoU 0.5, or None} (for plot_pr_curves; not JSON).
     """
     if len(predictions) != len(truths):
         raise ValueError(f"evaluate: {len(predictions)} predictions for {len(truths)} frames; give one Detections per frame")
@@ -202,7 +212,8 @@ def evaluate(
     ignore = [ignored_boxes(b, *sizes[i], min_size) if sizes is not None else np.zeros(len(b), bool)
               for i, (b, _) in enumerate(pairs)]
 
-    ap50 = voc_ap50(predictions, pairs, ignore)
+    pr = voc_curves(predictions, pairs, ignore)
+    ap50 = [None if c is None else average_precision(*c) for c in pr]
     map50_95, ap50_95 = coco_ap(predictions, pairs, ignore, sizes)
     per_class: dict[str, dict[str, Any]] = {}
     for c, name in enumerate(CLASS_NAMES):
@@ -211,7 +222,7 @@ def evaluate(
         found = sum(int((np.asarray(d.class_ids) == c).sum()) for d in predictions)
         per_class[name] = {"ap50": ap50[c], "ap50_95": ap50_95[c], "boxes": evaluated, "ignored": ignored,
                            "detections": found}
-    return {
+    result = {
         "map50": _mean(ap50),
         "map50_95": map50_95,
         "per_class": per_class,
@@ -221,6 +232,9 @@ def evaluate(
         "frames": len(pairs),
         "min_size": float(min_size),
     }
+    if curves:
+        result["curves"] = dict(zip(CLASS_NAMES, pr, strict=True))
+    return result
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -236,3 +250,29 @@ def format_table(result: dict[str, Any]) -> str:
     lines.append(f"{'all':<12}{result['boxes_evaluated']:>7}{result['boxes_ignored']:>9}{result['detections']:>8}  "
                  f"{f(result['map50'])}   {f(result['map50_95'])}")
     return "\n".join(lines)
+
+
+def plot_pr_curves(result: dict[str, Any], path: str | os.PathLike, title: str = "") -> None:
+    """Precision-recall curves at IoU 0.5 per class (from evaluate(..., curves=True)) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
+    for name, curve in result["curves"].items():
+        row = result["per_class"][name]
+        if curve is None or not len(curve[0]):
+            continue
+        recall, precision = curve
+        envelope = np.maximum.accumulate(precision[::-1])[::-1] if len(precision) else precision
+        ax.plot(np.concatenate(([0.0], recall)), np.concatenate((envelope[:1], envelope)), drawstyle="steps-pre",
+                label=f"{name}: AP50 {row['ap50']:.3f} ({row['boxes']} boxes)")
+    summary = f"mAP@0.5 {result['map50'] or 0:.3f}, mAP@[.5:.95] {result['map50_95'] or 0:.3f}"
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02),
+           title=f"{title}\n{summary}" if title else summary)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
