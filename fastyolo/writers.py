@@ -57,20 +57,23 @@ class VideoSink:
 
 
 class ImageSink:
-    """Annotated images in a folder (created), under the input's file name."""
+    """Annotated images in a folder (created), under the input's file names; or one image file for one input."""
 
     def __init__(self, folder: Path, inputs: list[Path]):
+        single = folder.suffix.lower() in IMAGE_SUFFIXES
+        if single and len(inputs) > 1:
+            raise FastYoloError(f"{len(inputs)} images are written to a folder, not to {folder.name}: pass -o FOLDER")
         if folder.suffix.lower() in FOURCC:
             raise FastYoloError(f"images are written to a folder, not to {folder.name}: pass -o FOLDER")
-        if folder.is_file():
+        if not single and folder.is_file():
             raise FastYoloError(f"output {folder} is a file: pass -o FOLDER for annotated images")
-        self.folder, self.frames = folder, 0
-        self.names = self._plan(inputs)
+        self.folder, self.frames = (folder.parent if single else folder), 0
+        self.names = {inputs[0]: folder} if single else self._plan(inputs)
         sources = {p.resolve() for p in inputs}
         for path, out in self.names.items():
             if out.resolve() in sources:
-                raise FastYoloError(f"annotated image {out} would overwrite the input {path}: choose another -o folder")
-        folder.mkdir(parents=True, exist_ok=True)
+                raise FastYoloError(f"annotated image {out} would overwrite the input {path}: choose another -o")
+        self.folder.mkdir(parents=True, exist_ok=True)
 
     def _plan(self, inputs: list[Path]) -> dict[Path, Path]:
         """One output file per input, same name; same-named inputs from different folders get a number."""

@@ -174,3 +174,14 @@ def test_annotate_draws_class_coloured_box_and_label_without_touching_the_input(
     top = annotate(frame, Detections(np.array([[10, 0, 100, 50]], np.float32), np.array([0.5], np.float32),
                                      np.array([0], np.int32)))
     assert (top[:20, 10:100] == np.array(class_colour(0))).all(axis=2).sum() > 200
+
+
+def test_one_image_to_one_file(tmp_path, untrained_r18, kitti_images, capsys):
+    out = tmp_path / "drawn.png"
+    assert main(["detect", str(kitti_images[0]), "--model", str(untrained_r18), "-o", str(out), "--conf", CONF,
+                 "--no-progress"]) == 0
+    assert cv2.imread(str(out)).shape == cv2.imread(str(kitti_images[0])).shape
+    assert capsys.readouterr().out == ""
+    assert main(["detect", str(kitti_images[0]), "--model", str(untrained_r18), "--conf", CONF, "--no-progress"]) == 0
+    row = json.loads(capsys.readouterr().out)  # no -o, --jsonl or --csv: JSON lines on stdout
+    assert row["frame"] == 0 and row["source"] == kitti_images[0].name and row["detections"]

@@ -11,6 +11,7 @@ import numpy as np
 from fastyolo.backends import BACKENDS, PRECISIONS
 from fastyolo.errors import FastYoloError
 from fastyolo.layout import CLASS_NAMES
+from fastyolo.sources import IMAGE_SUFFIXES
 from fastyolo.track import SMOOTHERS
 
 
@@ -23,7 +24,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("source", help="image, folder of images, quoted glob ('frames/*.png'), video file, or camera index (0)")
     p.add_argument("--model", type=Path, required=True, help="exported .onnx (or TensorRT .plan)")
     p.add_argument("-o", "--output", type=Path,
-                   help="annotated video (.mp4 or .avi) for a video or camera; a folder (created) for images")
+                   help="annotated video (.mp4 or .avi) for a video or camera; a folder (created) for images, "
+                        "or an image file for one image")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--jsonl", help="detections per frame as JSON lines ('-' for stdout)")
     out.add_argument("--csv", help="one CSV row per detection ('-' for stdout)")
@@ -70,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     source = open_source(args.source)
     video_sink = image_sink = table = bar = None
     done = 0
-    interrupted = True
+    started, interrupted = False, True
     try:
         images = source.kind == "images"
         if args.output is not None:
@@ -94,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         if args.max_frames:
             total = min(total or args.max_frames, args.max_frames)
         bar = tqdm(total=total, desc="detect", unit="frame", disable=args.no_progress, dynamic_ncols=True)
+        started = True
         for frame in source:
             size = (frame.image.shape[1], frame.image.shape[0])
             if tracker is None:
@@ -122,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
         source.close()
-        _report(args, source, done, interrupted, video_sink)
+        if started:  # an error before the first frame is reported by itself, in one line
+            _report(args, source, done, interrupted, video_sink)
     if source.kind == "images" and done == 0:
         raise FastYoloError(f"none of the {len(source)} files could be read as an image")
     return 0
@@ -139,7 +143,8 @@ def _report(args, source, done: int, interrupted: bool, video_sink) -> None:
         w, h = video_sink.size
         print(f"wrote {video_sink.path} ({video_sink.frames} frames, {w}x{h} at {source.fps:g} FPS){stop}", file=err)
     elif args.output is not None and source.kind == "images":
-        print(f"wrote {done} annotated image(s) to {args.output}/{stop}", file=err)
+        where = args.output if args.output.suffix.lower() in IMAGE_SUFFIXES else f"{args.output}/"
+        print(f"wrote {done} annotated image(s) to {where}{stop}", file=err)
     for text in (args.jsonl, args.csv):
         if text and text != "-":
             print(f"wrote {text} ({done} frames){stop}", file=err)
