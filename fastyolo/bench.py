@@ -347,7 +347,7 @@ def _throughput(detector: Detector, reader: VideoReader, frames: int, warmup: in
         runner.wait()
         reader.rewind()
 
-        decoded: queue.Queue = queue.Queue(maxsize=2 * batch * runner.in_flight)
+        decoded: queue.Queue = queue.Queue(maxsize=2 * batch)  # one batch ahead: enough to keep inference fed
         stop = threading.Event()
         decoder = threading.Thread(target=_decode_worker, args=(reader, frames, decoded, stop, times[0]),
                                    name="fastyolo-decode", daemon=True)
