@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                        extra_metadata={"fastyolo.trained_on": "kitti_tiny 75 frames (overfit bench)"})
     strict = detector_map(onnx_path, samples, args.min_size)
     every = detector_map(onnx_path, samples, 0.0)
-    best = max(history, key=lambda r: r.get("train_map50", -1))
+    best = max(history, key=lambda r: r.get("val_map50", -1))
     result = {
         "backbone": args.backbone, "optimizer": args.optimizer, "epochs_run": len(history),
         "best_epoch": best["epoch"], "train_seconds": round(sum(r["seconds"] for r in history), 1),

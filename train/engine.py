@@ -60,7 +60,7 @@ class TrainConfig:
     device: str = "auto"
     eval_every: int = 1
     min_size: float = 0.0  # boxes smaller than this (pixels) are ignored by the mAP
-    val_name: str = "val"  # "val", or "train" when validating on the training frames
+    val_name: str = "val"  # how to call the validation frames: "val", or "train" when they are the training frames
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -310,14 +310,14 @@ def fit(
             if val_loader is not None and ((epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs):
                 grids, val_loss = predict(model, val_loader, device)
                 metrics = evaluate_grids(grids, val_samples, config.min_size)
-                row.update({f"{config.val_name}_{k}": v for k, v in val_loss.items()})
-                row[f"{config.val_name}_map50"] = metrics["map50"]
-                row[f"{config.val_name}_map50_95"] = metrics["map50_95"]
+                row.update({f"val_{k}": v for k, v in val_loss.items()})
+                row["val_map50"] = metrics["map50"]
+                row["val_map50_95"] = metrics["map50_95"]
             row["seconds"] = round(time.perf_counter() - started, 2)
             history.append(row)
 
             if ddp.main:
-                current = row.get(f"{config.val_name}_map50")
+                current = row.get("val_map50")
                 if current is not None and current > best_map:
                     best_map = current
                     save_checkpoint(out / "best.pt", model, epoch=epoch + 1, metrics=row, config=dataclasses.asdict(config))
@@ -329,7 +329,7 @@ def fit(
                 say(_summary(row, config))
             if stop_after is not None and epoch + 1 >= stop_after:
                 break
-            reached = row.get(f"{config.val_name}_map50")
+            reached = row.get("val_map50")
             if target_map is not None and reached is not None and reached >= target_map:
                 say(f"{config.val_name} mAP@0.5 {reached:.3f} >= {target_map}: stopping after epoch {epoch + 1}")
                 break
@@ -350,9 +350,9 @@ def _should_stop(flag: bool, ddp: Distributed, device: torch.device) -> bool:
 def _summary(row: dict[str, Any], config: TrainConfig) -> str:
     text = f"epoch {row['epoch']}/{config.epochs}: train loss {row['train_loss']:.4f}"
     v = config.val_name
-    if f"{v}_loss" in row:
-        text += f", {v} loss {row[f'{v}_loss']:.4f}, {v} mAP@0.5 {row[f'{v}_map50']:.3f}"
-        text += f", mAP@0.5:0.95 {row[f'{v}_map50_95']:.3f}"
+    if "val_loss" in row:
+        text += f", {v} loss {row['val_loss']:.4f}, {v} mAP@0.5 {row['val_map50']:.3f}"
+        text += f", mAP@0.5:0.95 {row['val_map50_95']:.3f}"
     return text + f" ({row['seconds']:.1f} s)"
 
 
