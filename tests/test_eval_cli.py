@@ -94,3 +94,12 @@ def test_eval_errors_are_one_line(kitti_dir: Path, tmp_path: Path, capsys, monke
     assert main(["eval", str(checkpoint), "--data", str(kitti_dir)]) == 2
     err = capsys.readouterr().err
     assert "needs torch" in err and "fastyolo[train]" in err and len(err.strip().splitlines()) == 1
+
+
+def test_eval_side_never_imports_torch():
+    import subprocess
+
+    code = ("import sys, fastyolo.datasets, fastyolo.metrics, fastyolo.commands.eval, fastyolo.train.augment; "
+            "from fastyolo.cli import build_parser; build_parser(); "
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -17,6 +17,7 @@ from fastyolo.backends import BACKENDS, PRECISIONS
 from fastyolo.datasets import Sample
 from fastyolo.detections import Detections
 from fastyolo.errors import DatasetError, MissingDependencyError, ModelError
+from fastyolo.layout import INPUT_SIZE
 
 EVAL_CONF = 0.01  # low: the mAP integrates precision over every score threshold
 EVAL_TOP_K = 100  # COCO counts at most 100 detections per frame
@@ -30,7 +31,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, help="write the figures as JSON here")
     p.add_argument("--plot", type=Path, help="draw precision-recall curves (IoU 0.5) into this PNG")
     p.add_argument("--min-size", type=float, default=0.0,
-                   help="ignore boxes under this many pixels on a side at the 224 network input (VOC 'difficult') [0]")
+                   help=f"ignore boxes under this many pixels on a side at the {INPUT_SIZE}x{INPUT_SIZE} network input "
+                        "(VOC 'difficult') [0]")
     p.add_argument("--backend", default="auto", choices=("auto", *BACKENDS, "tensorrt"))
     p.add_argument("--precision", default="fp32", choices=PRECISIONS)
     p.add_argument("--conf", type=float, default=EVAL_CONF, help=f"score threshold; keep it low for mAP [{EVAL_CONF}]")
