@@ -11,10 +11,12 @@ from fastyolo.errors import FastYoloError
 # Each module has `add_parser(subparsers)` and `run(args) -> int`.
 COMMANDS = (
     "bench",
+    "build_engine",
     "detect",
     "eval",
     "export",
     "quantize",
+    "train",
 )
 
 
