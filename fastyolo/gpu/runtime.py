@@ -1,0 +1,212 @@
+"""TensorRTPipeline: a serialized engine run on one CUDA stream, decode + NMS on the device.
+
+Per call, on one stream, with one host wait per result:
+
+    host   resize (OpenCV, the CPU path's own resize_rgb) into pinned uint8
+    H2D    224x224x3 uint8 per frame (150 kB, a quarter of the float32 input)
+    device normalise to the engine's float32 NCHW input (kernels.cuda.normalize_kernel)
+    device execute_async_v3
+    device decode + NMS reading the engine's output buffer in place (kernels.cuda.decode_nms_kernel)
+    D2H    a small header (counts, offsets), sync, then only the kept rows, sync
+
+Resizing stays on the host: doing it on the device would mean uploading the whole frame
+(1.5 MB for 960x540) instead of 150 kB. Buffers are allocated once for the engine's largest
+batch and their addresses given to TensorRT once.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from fastyolo.detections import Detections
+from fastyolo.errors import ModelError
+from fastyolo.gpu.availability import require_gpu_stack
+from fastyolo.gpu.engine_file import check_compatible, read_sidecar
+from fastyolo.layout import CELL_SIZE, GRID, INPUT_NAME, INPUT_SIZE, MAX_BOXES, OUTPUT_NAME, output_shape
+from fastyolo.preprocess import check_frame, resize_rgb
+
+TIMED_STAGES = ("h2d", "infer", "decode_nms", "d2h")
+
+
+@dataclass
+class DeviceBatch:
+    """Frames already on the device as the engine's input; n of them."""
+
+    n: int
+
+
+@dataclass
+class DeviceGrids:
+    """The engine's output for n frames, still in its device buffer."""
+
+    n: int
+    grids: Any  # device view (n, S, S, CELL_SIZE) float32
+
+
+class TensorRTPipeline:
+    """The Pipeline protocol (fastyolo.pipeline) on an NVIDIA GPU."""
+
+    def __init__(self, path: str | os.PathLike, precision: str = "fp32", *, tensorrt: ModuleType | None = None,
+                 device=None, timing: bool = False):
+        path = Path(path)
+        if not path.is_file():
+            raise ModelError(f"engine file not found: {path}")
+        trt = tensorrt or require_gpu_stack()
+        if device is None:
+            from fastyolo.gpu.device import NumbaCudaDevice
+
+            device = NumbaCudaDevice()
+        from fastyolo.kernels.cuda import NORMALIZE_SCALE, NORMALIZE_SHIFT, ROW_VALUES
+
+        info = read_sidecar(path)
+        check_compatible(path, info, trt.__version__, device.compute_capability)
+        built = info.get("precision", "fp32")
+        if precision not in ("fp32", built):  # fp32 is the Detector's default: "whatever the engine is"
+            raise ModelError(
+                f"{path.name} was built from a {built} ONNX and precision is fixed when the engine is built: "
+                f"build one from a '--precision {precision}' export"
+            )
+
+        self.trt, self.device, self.path = trt, device, path
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        self.runtime = trt.Runtime(self.logger)
+        self.engine = self.runtime.deserialize_cuda_engine(path.read_bytes())
+        if self.engine is None:
+            raise ModelError(f"TensorRT cannot deserialize {path} (corrupt, or built elsewhere): rebuild it with "
+                             f"'fastyolo build-engine {info.get('onnx', 'MODEL.onnx')} -o {path}'")
+        self.max_batch = self._check_io()
+        self.context = self.engine.create_execution_context()
+        self.stream = device.stream()
+
+        n, s = self.max_batch, INPUT_SIZE
+        self._rgb_host = device.pinned((n, s, s, 3), np.uint8)
+        self._sizes_host = device.pinned((n, 2), np.float64)
+        self._header_host = device.pinned((1 + 2 * n,), np.int32)
+        self._rows_host = device.pinned((n * MAX_BOXES, ROW_VALUES), np.float32)
+        self._zero_host = device.pinned((1,), np.int32)
+        self._zero_host[0] = 0
+        self._rgb = device.empty((n, s, s, 3), np.uint8)
+        self._input = device.empty((n, 3, s, s), np.float32)
+        self._output = device.empty(output_shape(n), np.float32)
+        self._sizes = device.empty((n, 2), np.float64)
+        self._header = device.empty((1 + 2 * n,), np.int32)
+        self._rows = device.empty((n * MAX_BOXES, ROW_VALUES), np.float32)
+        scale = device.pinned((3,), np.float32)
+        shift = device.pinned((3,), np.float32)
+        scale[:], shift[:] = NORMALIZE_SCALE, NORMALIZE_SHIFT
+        self._scale = device.empty((3,), np.float32)
+        self._shift = device.empty((3,), np.float32)
+        device.upload(scale, self._scale, self.stream)
+        device.upload(shift, self._shift, self.stream)
+        # Every I/O tensor gets its buffer once; the addresses never change.
+        buffers = {INPUT_NAME: self._input, OUTPUT_NAME: self._output}
+        for name in self._io_names():
+            self.context.set_tensor_address(name, device.address(buffers[name]))
+        self.stream.synchronize()
+
+        self.timing = timing
+        self._events = {name: device.event() for name in ("start", *TIMED_STAGES)} if timing else {}
+        metadata = info.get("model_metadata", {})
+        self.info = {
+            "backend": "tensorrt",
+            "device": device.name,
+            "precision": built,
+            "requested_precision": precision,
+            "threads": 1,  # one host thread drives the stream
+            "model": str(path),
+            "backbone": metadata.get("fastyolo.backbone", "unknown"),
+            "untrained": metadata.get("fastyolo.untrained") == "true",
+            "tensorrt": str(trt.__version__),
+            "max_batch": self.max_batch,
+        }
+
+    # ------------------------------------------------------------------ setup
+
+    def _io_names(self) -> list[str]:
+        return [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+
+    def _check_io(self) -> int:
+        """The engine must map INPUT_NAME (N,3,S,S) float32 to OUTPUT_NAME (N,S,S,C) float32; returns max N."""
+        trt, engine = self.trt, self.engine
+        modes = {name: engine.get_tensor_mode(name) for name in self._io_names()}
+        expected = {INPUT_NAME: trt.TensorIOMode.INPUT, OUTPUT_NAME: trt.TensorIOMode.OUTPUT}
+        if modes != expected:
+            raise ModelError(f"{self.path} has I/O tensors {sorted(modes)}, expected {INPUT_NAME!r} -> {OUTPUT_NAME!r}: "
+                             "not a fastyolo engine")
+        for name in expected:
+            if engine.get_tensor_dtype(name) != trt.DataType.FLOAT:
+                raise ModelError(f"{self.path}: tensor {name!r} is {engine.get_tensor_dtype(name)}, expected float32 I/O "
+                                 "(export with fastyolo, which keeps I/O in fp32)")
+        if tuple(engine.get_tensor_shape(OUTPUT_NAME))[1:] != (GRID, GRID, CELL_SIZE):
+            raise ModelError(f"{self.path} outputs {tuple(engine.get_tensor_shape(OUTPUT_NAME))}, expected (N, "
+                             f"{GRID}, {GRID}, {CELL_SIZE})")
+        _, _, largest = engine.get_tensor_profile_shape(INPUT_NAME, 0)
+        return int(largest[0])
+
+    # ------------------------------------------------------------------ the three stages
+
+    def preprocess(self, frames: list[np.ndarray]) -> DeviceBatch:
+        n = len(frames)
+        if n > self.max_batch:
+            raise ValueError(f"{n} frames in one call, but {self.path.name} takes at most {self.max_batch}: "
+                             f"split the batch or rebuild with 'fastyolo build-engine ... --batch {n}'")
+        for i, frame in enumerate(frames):
+            self._rgb_host[i] = resize_rgb(check_frame(frame))
+        self._record("start")
+        self.device.upload(self._rgb_host[:n], self._rgb[:n], self.stream)
+        self.device.launch_normalize(self._rgb[:n], self._input[:n], self._scale, self._shift, self.stream)
+        self._record("h2d")
+        return DeviceBatch(n)
+
+    def infer(self, batch: DeviceBatch) -> DeviceGrids:
+        n = batch.n
+        if not self.context.set_input_shape(INPUT_NAME, (n, 3, INPUT_SIZE, INPUT_SIZE)):
+            raise ModelError(f"{self.path.name} rejects batch {n} (its profile is 1..{self.max_batch})")
+        if not self.context.execute_async_v3(int(self.stream)):
+            raise ModelError(f"TensorRT failed to run {self.path.name} (see its log above)")
+        self._record("infer")
+        return DeviceGrids(n, self._output[:n])
+
+    def postprocess(self, grids: DeviceGrids, sizes: np.ndarray, conf: float, iou: float, top_k: int) -> list[Detections]:
+        n, device, stream = grids.n, self.device, self.stream
+        self._sizes_host[:n] = sizes
+        device.upload(self._sizes_host[:n], self._sizes[:n], stream)
+        device.upload(self._zero_host, self._header[:1], stream)
+        header = self._header[: 1 + 2 * n]
+        device.launch_decode_nms(grids.grids, self._sizes[:n], conf, iou, top_k, self._rows, header, stream)
+        self._record("decode_nms")
+        device.download(header, self._header_host[: 1 + 2 * n], stream)
+        stream.synchronize()  # the header says how many rows to bring back
+        header_host = self._header_host[: 1 + 2 * n].copy()
+        total = int(header_host[0])
+        if total:
+            device.download(self._rows[:total], self._rows_host[:total], stream)
+        self._record("d2h")
+        stream.synchronize()
+        rows = self._rows_host[:total]
+        out = []
+        for i in range(n):
+            start, count = int(header_host[1 + i]), int(header_host[1 + n + i])
+            block = rows[start : start + count]
+            out.append(Detections(block[:, :4].copy(), block[:, 4].copy(), block[:, 5].astype(np.int32)))
+        return out
+
+    # ------------------------------------------------------------------ stage timing (bench)
+
+    def _record(self, name: str) -> None:
+        if self.timing:
+            self.device.record(self._events[name], self.stream)
+
+    def last_timings(self) -> dict[str, float]:
+        """Device time of each stage of the last call in ms (needs timing=True; valid after postprocess)."""
+        if not self.timing:
+            raise ValueError("construct the pipeline with timing=True to time its stages")
+        names = ("start", *TIMED_STAGES)
+        return {stage: self.device.elapsed_ms(self._events[a], self._events[stage])
+                for a, stage in zip(names, names[1:], strict=False)}

@@ -1,0 +1,182 @@
+"""The numba.cuda kernels against the numpy reference, element by element, without a GPU.
+
+numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1) runs the kernels thread by thread in Python, but
+it is process-global and must be chosen before numba.cuda is imported, so the simulated tests
+run in a child pytest process (`test_kernels_under_simulator` starts it); in this process they
+are skipped. The PTX tests compile the same kernels with NVVM, which type-checks what the
+simulator cannot. The simulator is slow (about 20 ms per barrier): examples are few and small.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+in_simulator = pytest.mark.skipif(not SIMULATED, reason="runs in the CUDA-simulator child process")
+
+
+@pytest.mark.skipif(SIMULATED, reason="this starts the simulator run")
+def test_kernels_under_simulator():
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", __file__, "-q", "-x", "-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning"],
+        env=env, capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1],
+    )
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+    assert " passed" in proc.stdout and "failed" not in proc.stdout
+
+
+# ---------------------------------------------------------------- simulated: decode + NMS
+
+
+def _compare(grids, sizes, conf, iou, top_k):
+    from fastyolo.kernels.cuda import decode_nms_batch_cuda
+    from fastyolo.kernels.reference import decode_nms_reference
+
+    boxes, scores, classes = decode_nms_batch_cuda(grids, sizes, conf, iou, top_k)
+    assert len(boxes) == len(grids)
+    for n in range(len(grids)):
+        ref_boxes, ref_scores, ref_classes = decode_nms_reference(grids[n], sizes[n, 0], sizes[n, 1], conf, iou, top_k)
+        assert boxes[n].dtype == np.float32 and scores[n].dtype == np.float32 and classes[n].dtype == np.int32
+        np.testing.assert_array_equal(boxes[n], ref_boxes)
+        np.testing.assert_array_equal(scores[n], ref_scores)
+        np.testing.assert_array_equal(classes[n], ref_classes)
+    return [len(s) for s in scores]
+
+
+def _random_grids(rng, n, mode):
+    from fastyolo.layout import CELL_SIZE, GRID
+
+    shape = (n, GRID, GRID, CELL_SIZE)
+    if mode == "uniform":
+        return rng.random(shape, dtype=np.float32)
+    if mode == "coarse":  # few distinct values: equal scores, zero-area and identical boxes
+        return rng.choice(np.array([0.0, 0.25, 0.5, 1.0], np.float32), size=shape)
+    # "sparse": a few confident cells in a quiet grid, like a trained network's output
+    grids = rng.random(shape, dtype=np.float32) * np.float32(0.2)
+    hot = rng.random(shape[:3]) < 0.1
+    grids[hot] = rng.random((int(hot.sum()), CELL_SIZE), dtype=np.float32)
+    return grids
+
+
+if SIMULATED:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    @in_simulator
+    @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(
+        seed=st.integers(0, 2**32 - 1),
+        n=st.integers(1, 2),
+        mode=st.sampled_from(["uniform", "coarse", "sparse"]),
+        conf=st.sampled_from([0.0, 0.05, 0.25, 0.5]),
+        iou=st.sampled_from([0.0, 0.3, 0.45, 1.0]),
+        top_k=st.sampled_from([1, 7, 100, 242]),
+    )
+    def test_decode_nms_matches_reference(seed, n, mode, conf, iou, top_k):
+        rng = np.random.default_rng(seed)
+        grids = _random_grids(rng, n, mode)
+        sizes = np.stack([rng.integers(1, 2000, n), rng.integers(1, 1200, n)], axis=1).astype(np.float64)
+        _compare(grids, sizes, conf, iou, top_k)
+
+
+@in_simulator
+def test_no_boxes():
+    from fastyolo.layout import CELL_SIZE, GRID
+
+    grids = np.zeros((2, GRID, GRID, CELL_SIZE), np.float32)
+    assert _compare(grids, np.array([[640.0, 480.0], [10.0, 10.0]]), 0.25, 0.45, 100) == [0, 0]
+    rng = np.random.default_rng(1)
+    assert _compare(rng.random((1, GRID, GRID, CELL_SIZE), dtype=np.float32), np.array([[100.0, 50.0]]),
+                    1.01, 0.45, 100) == [0]
+
+
+@in_simulator
+def test_all_boxes_kept():
+    from fastyolo.layout import MAX_BOXES
+
+    rng = np.random.default_rng(2)
+    grids = _random_grids(rng, 1, "uniform")
+    # conf 0 makes every box a candidate; IoU can never exceed 1, so nothing is suppressed
+    assert _compare(grids, np.array([[1224.0, 370.0]]), 0.0, 1.0, MAX_BOXES) == [MAX_BOXES]
+
+
+@in_simulator
+def test_equal_scores_keep_cell_order():
+    from fastyolo.layout import BOX_OFFSET, CONF_OFFSET, MAX_BOXES
+
+    rng = np.random.default_rng(3)
+    grids = _random_grids(rng, 1, "uniform")
+    grids[..., :BOX_OFFSET] = 0.5  # every class prob and confidence equal: one score for all boxes
+    kept = _compare(grids, np.array([[960.0, 540.0]]), 0.1, 0.3, MAX_BOXES)
+    assert 0 < kept[0] < MAX_BOXES
+    grids[..., CONF_OFFSET:BOX_OFFSET] = 0.9
+    _compare(grids, np.array([[960.0, 540.0]]), 0.1, 0.0, 20)
+
+
+@in_simulator
+def test_zero_area_boxes():
+    from fastyolo.layout import BOX_OFFSET, BOX_VALUES, BOXES, CELL_SIZE, GRID
+
+    grids = np.full((1, GRID, GRID, CELL_SIZE), 0.5, np.float32)
+    for b in range(BOXES):  # w = h = 0 everywhere: IoU of two zero-area boxes is 0, nothing suppressed
+        grids[..., BOX_OFFSET + BOX_VALUES * b + 2 : BOX_OFFSET + BOX_VALUES * (b + 1)] = 0.0
+    assert _compare(grids, np.array([[300.0, 200.0]]), 0.2, 0.0, 242) == [242]
+
+
+@in_simulator
+def test_batch_layout_with_mixed_sizes():
+    rng = np.random.default_rng(4)
+    grids = _random_grids(rng, 3, "sparse")
+    grids[1] = 0.0  # an empty image between two with boxes
+    kept = _compare(grids, np.array([[1224.0, 370.0], [960.0, 540.0], [32.0, 3000.0]]), 0.05, 0.45, 100)
+    assert kept[1] == 0 and kept[0] > 0 and kept[2] > 0
+
+
+# ---------------------------------------------------------------- simulated: normalisation
+
+
+@in_simulator
+def test_normalize_matches_host(kitti_images):
+    import cv2
+    from fastyolo.kernels.cuda import normalize_cuda
+
+    from fastyolo.preprocess import normalize, resize_rgb
+
+    # A real 224x224 input is 150k simulated threads (minutes); a 16x40 patch of two real frames
+    # exercises the same index arithmetic (H != W, two images) in a second.
+    rgb = np.stack([resize_rgb(cv2.imread(str(p)))[100:116, 60:100] for p in kitti_images[:2]])
+    got = normalize_cuda(rgb)
+    for i in range(len(rgb)):
+        np.testing.assert_array_equal(got[i], normalize(rgb[i]))
+
+
+# ---------------------------------------------------------------- real NVVM: PTX for two architectures
+
+
+@pytest.mark.skipif(SIMULATED, reason="NVVM is not used under the simulator")
+@pytest.mark.parametrize("cc", [(7, 5), (9, 0)])
+def test_kernels_compile_to_ptx(cc):
+    pytest.importorskip("numba_cuda", reason="compiling PTX needs the [cuda] extra (numba-cuda)")
+    from fastyolo.gpu.ptx import assemble, compile_kernels_ptx
+
+    ptx = compile_kernels_ptx(cc)
+    arch = f"sm_{cc[0]}{cc[1]}"
+    for name, text in ptx.items():
+        assert f".target {arch}" in text and ".entry" in text and name in text
+    # The IoU intersection is a never-fused multiply, so the union is rounded as numpy rounds it.
+    assert "mul.rn.f64" in ptx["decode_nms_kernel"]
+    assert "mul.rn.f32" in ptx["normalize_kernel"]
+    if shutil.which("ptxas") is None:
+        pytest.skip("ptxas not on PATH: PTX compiled, not assembled")
+    for text in ptx.values():
+        figures = assemble(text, arch)
+        assert figures["registers"] > 0
+        assert figures["spill_stores"] == 0 and figures["spill_loads"] == 0

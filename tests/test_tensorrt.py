@@ -1,0 +1,250 @@
+"""The TensorRT glue: engine building on the TensorRT 10 and 11 API shapes, engine/GPU mismatch refusal,
+one-line errors without a GPU, and the whole runtime end to end on a CPU.
+
+There is no GPU here: tests/tensorrt_double.py stands in for TensorRT (running the real ONNX with
+onnxruntime) and for device memory (host arrays, queued streams). The end-to-end tests run the
+real decode + NMS kernel in numba's CUDA simulator, which must be chosen before numba.cuda is
+imported, so they run in a child pytest process started by `test_runtime_under_simulator`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastyolo.errors import GpuUnavailableError, ModelError
+from fastyolo.layout import INPUT_NAME, INPUT_SIZE, describe
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tensorrt_double import FakeTensorRT, QueuedHostDevice  # noqa: E402
+
+SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+ROOT = Path(__file__).resolve().parents[1]
+in_simulator = pytest.mark.skipif(not SIMULATED, reason="runs in the CUDA-simulator child process")
+outside_simulator = pytest.mark.skipif(SIMULATED, reason="runs in the parent process")
+VERSIONS = ["10.8.0.43", "11.1.0.7"]
+
+
+def _gpu_stack_present() -> bool:
+    from fastyolo.gpu.availability import gpu_problem
+
+    try:
+        import tensorrt  # noqa: F401
+    except Exception:
+        return False
+    return gpu_problem() is None
+
+
+no_gpu_here = pytest.mark.skipif(_gpu_stack_present(), reason="TensorRT and a GPU are present: nothing is missing")
+
+
+@pytest.fixture(scope="module")
+def onnx_model(request) -> Path:
+    """The untrained ResNet-18 ONNX (exported by the parent process, handed to the simulator child)."""
+    path = os.environ.get("FASTYOLO_TEST_ONNX")
+    if path:
+        return Path(path)
+    return request.getfixturevalue("untrained_r18")
+
+
+def _build(onnx: Path, tmp_path: Path, version: str, device=None, **kw):
+    from fastyolo.gpu import build_engine
+
+    trt = FakeTensorRT(version, device or QueuedHostDevice())
+    plan = tmp_path / f"model-{version}.plan"
+    info = build_engine(onnx, plan, tensorrt=trt, device=trt.device, **kw)
+    return trt, plan, info
+
+
+# ---------------------------------------------------------------- builder, both API shapes
+
+
+@outside_simulator
+@pytest.mark.parametrize("version", VERSIONS)
+def test_build_engine_on_both_api_shapes(onnx_model, tmp_path, version):
+    trt, plan, info = _build(onnx_model, tmp_path, version, max_batch=4, workspace_gb=0.5)
+    builder = trt.builders[-1]
+    if version.startswith("11"):
+        assert builder.network.flags == 0  # strong typing is always on; no EXPLICIT_BATCH in 11
+        assert not hasattr(trt.BuilderFlag, "FP16") and not hasattr(trt.BuilderFlag, "INT8")
+    else:
+        assert builder.network.flags == 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    assert builder.config.flags == []  # precision comes from the ONNX, never from builder flags
+    assert builder.config.pools[trt.MemoryPoolType.WORKSPACE] == int(0.5 * (1 << 30))
+    shape = (3, INPUT_SIZE, INPUT_SIZE)
+    assert builder.config.profiles[0].shapes[INPUT_NAME] == ((1, *shape), (1, *shape), (4, *shape))
+    assert plan.is_file() and plan.stat().st_size > onnx_model.stat().st_size
+    sidecar = json.loads(plan.with_name(plan.name + ".json").read_text())
+    assert sidecar == info
+    assert sidecar["tensorrt"] == version and sidecar["compute_capability"] == "8.6"
+    assert sidecar["layout"] == describe() and sidecar["max_batch"] == 4
+    assert sidecar["precision"] == "fp32" and sidecar["model_metadata"]["fastyolo.untrained"] == "true"
+    assert sidecar["onnx"] == str(onnx_model.resolve())
+
+
+@outside_simulator
+def test_mismatched_engine_is_refused_in_one_line(onnx_model, tmp_path):
+    from fastyolo.gpu import TensorRTPipeline
+
+    _, plan, _ = _build(onnx_model, tmp_path, "10.8.0.43")
+    other_version = FakeTensorRT("10.9.0.34", QueuedHostDevice())
+    with pytest.raises(ModelError, match="TensorRT 10.8.0.43.*this is TensorRT 10.9.0.34.*rebuild") as err:
+        TensorRTPipeline(plan, tensorrt=other_version, device=other_version.device)
+    assert "\n" not in str(err.value)
+    other_gpu = FakeTensorRT("10.8.0.43", QueuedHostDevice(compute_capability=(8, 9)))
+    with pytest.raises(ModelError, match="compute capability 8.6.*compute capability 8.9.*build-engine") as err:
+        TensorRTPipeline(plan, tensorrt=other_gpu, device=other_gpu.device)
+    assert "\n" not in str(err.value)
+
+    plan.with_name(plan.name + ".json").unlink()
+    same = FakeTensorRT("10.8.0.43", QueuedHostDevice())
+    with pytest.raises(ModelError, match="no model-10.8.0.43.plan.json beside it.*build-engine"):
+        TensorRTPipeline(plan, tensorrt=same, device=same.device)
+
+
+@outside_simulator
+def test_engine_precision_is_fixed_at_build_time(onnx_model, tmp_path):
+    from fastyolo.gpu import TensorRTPipeline
+
+    trt, plan, _ = _build(onnx_model, tmp_path, "11.1.0.7")
+    with pytest.raises(ModelError, match="built from a fp32 ONNX.*--precision int8"):
+        TensorRTPipeline(plan, precision="int8", tensorrt=trt, device=trt.device)
+
+
+# ---------------------------------------------------------------- no TensorRT / no GPU: one line
+
+
+@outside_simulator
+def test_import_needs_neither_tensorrt_nor_a_gpu():
+    code = "import sys, fastyolo.gpu; print('tensorrt' in sys.modules, 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    assert out.split() == ["False", "False"]
+
+
+@outside_simulator
+@no_gpu_here
+def test_detector_on_engine_without_gpu_says_what_is_missing(tmp_path):
+    import fastyolo
+
+    plan = tmp_path / "x.plan"
+    plan.write_bytes(b"not an engine")
+    with pytest.raises(GpuUnavailableError) as err:
+        fastyolo.Detector(plan)
+    message = str(err.value)
+    assert "\n" not in message
+    assert "fastyolo[gpu]" in message and ".onnx" in message
+    assert "TensorRT" in message or "GPU" in message
+
+
+@outside_simulator
+@no_gpu_here
+def test_cli_build_engine_without_gpu_stops_in_one_line(onnx_model, tmp_path):
+    plan = tmp_path / "x.plan"
+    proc = subprocess.run(
+        [sys.executable, "-m", "fastyolo.cli", "build-engine", str(onnx_model), "-o", str(plan), "--batch", "4"],
+        capture_output=True, text=True, cwd=ROOT,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fastyolo build-engine: error:"), proc.stderr
+    assert "fastyolo[gpu]" in lines[0] and "Traceback" not in proc.stderr
+    assert not plan.exists()
+
+
+@outside_simulator
+def test_cli_build_engine_rejects_a_non_model(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x00garbage")
+    proc = subprocess.run([sys.executable, "-m", "fastyolo.cli", "build-engine", str(bad), "-o", str(tmp_path / "x.plan")],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2 and "not a readable ONNX model" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------- end to end, in the simulator
+
+
+@outside_simulator
+def test_runtime_under_simulator(onnx_model, kitti_images):
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1", "FASTYOLO_TEST_ONNX": str(onnx_model)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", __file__, "-q", "-x", "-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning"],
+        env=env, capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+    assert " passed" in proc.stdout and "failed" not in proc.stdout
+
+
+def _frames(kitti_images, n):
+    import cv2
+
+    return [cv2.imread(str(p)) for p in kitti_images[:n]]
+
+
+def _assert_same(got, want):
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g.class_ids, w.class_ids)
+        np.testing.assert_array_equal(g.scores, w.scores)
+        np.testing.assert_array_equal(g.boxes, w.boxes)
+
+
+CONF, IOU, TOP_K = 0.35, 0.45, 100
+
+
+@in_simulator
+@pytest.mark.parametrize("version", VERSIONS)
+def test_detector_on_engine_matches_cpu_detector(onnx_model, kitti_images, tmp_path, monkeypatch, version):
+    import functools
+
+    import fastyolo.gpu
+    from fastyolo import Detector
+
+    trt, plan, _ = _build(onnx_model, tmp_path, version, max_batch=2)
+    monkeypatch.setattr(fastyolo.gpu, "TensorRTPipeline",
+                        functools.partial(fastyolo.gpu.TensorRTPipeline, tensorrt=trt, device=trt.device))
+    gpu = Detector(plan, conf=CONF, iou=IOU, top_k=TOP_K)
+    cpu = Detector(onnx_model, backend="onnxruntime", conf=CONF, iou=IOU, top_k=TOP_K)
+    assert gpu.info["backend"] == "tensorrt" and gpu.info["device"] == trt.device.name
+    assert gpu.info["precision"] == "fp32" and gpu.info["untrained"] is True
+
+    frames = _frames(kitti_images, 3)
+    want = cpu.detect_batch(frames)
+    assert sum(len(d) for d in want) > 0  # the comparison is not vacuous
+    _assert_same(gpu.detect_batch(frames[:2]), want[:2])
+    _assert_same([gpu.detect(frames[2])], want[2:])
+    small = frames[0][:50, :70].copy()  # another frame size: boxes scale to each frame
+    _assert_same([gpu.detect(small)], [cpu.detect(small)])
+
+    context = gpu.pipeline.context
+    assert context.executions == 3 and set(context.addresses) == {"images", "grid"}
+    with pytest.raises(ValueError, match="at most 2.*--batch 3"):
+        gpu.detect_batch(frames)
+
+
+@in_simulator
+def test_stream_order_and_stage_timing(onnx_model, kitti_images, tmp_path):
+    from fastyolo.gpu import TensorRTPipeline
+
+    trt, plan, _ = _build(onnx_model, tmp_path, "10.8.0.43")
+    device = trt.device
+    pipe = TensorRTPipeline(plan, tensorrt=trt, device=device, timing=True)
+    frame = _frames(kitti_images, 1)[0]
+    device.log.clear()
+    grids = pipe.infer(pipe.preprocess([frame]))
+    assert all(kind == "enqueue" for kind, _ in device.log)  # nothing has run: the host has not waited yet
+    dets = pipe.postprocess(grids, np.array([[frame.shape[1], frame.shape[0]]], np.float64), CONF, IOU, TOP_K)[0]
+    ran = [label for kind, label in device.log if kind == "run" and label != "event"]
+    assert ran[:4] == ["h2d", "normalize", "execute", "h2d"]
+    assert ran.index("decode_nms") < ran.index("d2h")
+    syncs = [i for i, (kind, _) in enumerate(device.log) if kind == "sync"]
+    assert len(syncs) == 2  # the header, then the kept rows: two waits per call, no more
+    assert len(dets) > 0
+    times = pipe.last_timings()
+    assert set(times) == {"h2d", "infer", "decode_nms", "d2h"} and all(t >= 0 for t in times.values())
