@@ -153,7 +153,7 @@ def predict(model: torch.nn.Module, loader: DataLoader, device: torch.device) ->
         out = model(images)
         loss, parts = yolo_loss(out, boxes, mask, classes)
         n = images.shape[0]
-        sums["loss"] += float(loss) * n
+        sums["loss"] += float(loss.detach()) * n
         for k in LOSS_PARTS:
             sums[k] += float(parts[k]) * n
         count += n
@@ -288,7 +288,7 @@ def fit(
                 scheduler.step()
                 batches_done += 1
                 n = images.shape[0]
-                sums["loss"] += float(loss) * n
+                sums["loss"] += float(loss.detach()) * n
                 for k in LOSS_PARTS:
                     sums[k] += float(parts[k]) * n
                 sums["images"] += n
@@ -307,6 +307,8 @@ def fit(
             images_seen = max(sums["images"], 1.0)
             row.update({f"train_{k}": sums[k] / images_seen for k in ("loss", *LOSS_PARTS)})
             row["dropped_objects"] = int(sums["dropped"])
+            row["train_images"] = int(sums["images"])  # this process's share under DDP
+            row["processes"] = ddp.world_size
             if val_loader is not None and ((epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs):
                 grids, val_loss = predict(model, val_loader, device)
                 metrics = evaluate_grids(grids, val_samples, config.min_size)
@@ -335,6 +337,7 @@ def fit(
                 break
     if ddp.world_size > 1:
         dist.barrier()
+        dist.destroy_process_group()
     return history
 
 

@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"resume: settings from {last} (only --device and --workers are taken from this command line)")
     else:
         if last.is_file():
-            raise FastYoloError(f"{args.out} already holds a run ({last}): add --resume to continue it, or choose another --out")
+            raise FastYoloError(f"{args.out} holds a run ({last}): add --resume to continue it, or use another --out")
         if args.data is None:
             raise FastYoloError("--data DIR is required (a folder with labels.csv or label_2/ and the images)")
         if args.epochs < 1 or args.batch < 1:

@@ -1,0 +1,218 @@
+"""Training end to end on real KITTI frames: the CLI run folder, exact resume (clean stop and Ctrl-C),
+DDP with 2 gloo processes, the schedule, and a small overfit checked through the real inference path.
+
+Budget: about 3-4 minutes on 2 CPU cores, most of it the overfit test (marked slow).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="training needs the [train] extra (torch)")
+
+from fastyolo.train.schedule import lr_factor, make_optimizer, make_scheduler  # noqa: E402
+
+from fastyolo.cli import main as cli  # noqa: E402
+
+RESUME_FRAMES = ("000000.jpg", "000022.jpg", "000037.jpg", "000074.jpg")
+OVERFIT_FRAMES = ("000000.jpg", "000022.jpg", "000037.jpg", "000074.jpg")  # all 3 classes, no dropped object
+
+
+def tiny_dataset(kitti_dir: Path, out: Path, frames: tuple[str, ...]) -> Path:
+    """A crowdAI-layout copy of some kitti_tiny frames (labels.csv + images/)."""
+    (out / "images").mkdir(parents=True)
+    with open(kitti_dir / "labels.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    kept = [rows[0]] + [r for r in rows[1:] if r[4] in frames]
+    with open(out / "labels.csv", "w", newline="") as f:
+        csv.writer(f).writerows(kept)
+    for name in frames:
+        shutil.copyfile(kitti_dir / "images" / name, out / "images" / name)
+    return out
+
+
+def train_args(data: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", "--data", str(data), "--out", str(out), "--backbone", "resnet18", "--epochs", "3",
+            "--batch", "1", "--val-split", "0.25", "--workers", "0", "--device", "cpu", "--seed", "3", *extra]
+
+
+def model_state(run: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run / "last.pt", map_location="cpu", weights_only=False)["model"]
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        if a[k].is_floating_point():
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=f"{k} differs")
+        else:
+            assert torch.equal(a[k], b[k]), k
+
+
+@pytest.fixture(scope="module")
+def resume_data(kitti_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_dataset(kitti_dir, tmp_path_factory.mktemp("resume_data"), RESUME_FRAMES)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(resume_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3 epochs of 3 steps (augmentation and dropout on, so the random state matters), no interruption."""
+    run = tmp_path_factory.mktemp("uninterrupted") / "run"
+    assert cli(train_args(resume_data, run)) == 0
+    return run
+
+
+def test_run_folder_has_checkpoints_metrics_and_curves(uninterrupted: Path):
+    for name in ("last.pt", "best.pt", "metrics.jsonl", "metrics.csv", "curves.png"):
+        assert (uninterrupted / name).is_file(), name
+    rows = [json.loads(line) for line in (uninterrupted / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    for r in rows:
+        assert np.isfinite(r["train_loss"]) and np.isfinite(r["val_loss"]) and 0.0 <= r["val_map50"] <= 1.0
+    assert (uninterrupted / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from fastyolo.train.checkpoint import load_model
+
+    assert load_model(uninterrupted / "best.pt").backbone_name == "resnet18"  # a standard YoloNet checkpoint
+
+
+def test_stop_after_epoch_then_resume_equals_uninterrupted(resume_data: Path, uninterrupted: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    assert cli([*train_args(resume_data, run), "--stop-after", "1"]) == 0
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
+    assert cli([*train_args(resume_data, run), "--resume"]) == 0
+    assert_same_weights(model_state(run), model_state(uninterrupted))
+    resumed = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    expected = [json.loads(x) for x in (uninterrupted / "metrics.jsonl").read_text().splitlines()]
+    assert [r["train_loss"] for r in resumed] == pytest.approx([r["train_loss"] for r in expected], rel=1e-5)
+
+
+def test_ctrl_c_mid_epoch_saves_last_and_resume_equals_uninterrupted(resume_data: Path, uninterrupted: Path, tmp_path):
+    run = tmp_path / "run"
+
+    def press_ctrl_c_once_epoch_1_is_saved():
+        deadline = time.monotonic() + 120
+        while not (run / "last.pt").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    watcher = threading.Thread(target=press_ctrl_c_once_epoch_1_is_saved, daemon=True)
+    watcher.start()
+    assert cli(train_args(resume_data, run)) == 130  # interrupted
+    watcher.join()
+    state = torch.load(run / "last.pt", map_location="cpu", weights_only=False)
+    assert state["epoch"] == 1 and 1 <= state["batches_done"] < 3  # stopped inside epoch 2, after a whole batch
+    assert cli([*train_args(resume_data, run), "--resume"]) == 0
+    assert_same_weights(model_state(run), model_state(uninterrupted))
+
+
+def test_resume_and_overwrite_errors(resume_data: Path, uninterrupted: Path, tmp_path: Path, capsys):
+    assert cli(train_args(resume_data, tmp_path / "empty", "--resume")) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+    assert cli(train_args(resume_data, uninterrupted)) == 2  # never overwrites a run
+    assert "holds a run" in capsys.readouterr().err
+    assert cli([*train_args(resume_data, tmp_path / "x"), "--pretrained", str(tmp_path / "missing.pth")]) == 2
+    assert "--pretrained file not found" in capsys.readouterr().err
+
+
+def test_pretrained_state_dict_loads_into_backbone(resume_data: Path, tmp_path: Path):
+    from fastyolo.train.model import resnet
+
+    torch.manual_seed(123)
+    imagenet = resnet("resnet18").state_dict()  # torchvision layout, fc included
+    torch.save(imagenet, tmp_path / "resnet18.pth")
+    run = tmp_path / "run"
+    args = train_args(resume_data, run, "--pretrained", str(tmp_path / "resnet18.pth"), "--stop-after", "1")
+    args[args.index("--epochs") + 1] = "1"
+    assert cli(args) == 0
+    # One epoch at warm-up lr barely moves conv1; random init would be nowhere near.
+    got = model_state(run)["backbone.conv1.weight"]
+    assert torch.allclose(got, imagenet["conv1.weight"], atol=0.01)
+
+
+def test_ddp_two_gloo_processes(resume_data: Path, tmp_path: Path):
+    run = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+           "-m", "fastyolo.cli", *train_args(resume_data, run)]
+    cmd[cmd.index("--epochs") + 1] = "1"
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("epoch 1/1: train loss") == 1  # only rank 0 prints
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and rows[0]["processes"] == 2
+    assert rows[0]["train_images"] == 2  # rank 0's share of the 3 training frames (DistributedSampler pads to 4)
+    from fastyolo.train.checkpoint import load_model
+
+    load_model(run / "last.pt")
+
+
+def test_schedule_values():
+    total = 1000
+    assert lr_factor(0, total) == pytest.approx(0.1)  # warm-up starts at base / 10
+    assert lr_factor(25, total) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert lr_factor(50, total) == 1.0
+    assert lr_factor(599, total) == 1.0
+    assert lr_factor(600, total) == pytest.approx(0.1)
+    assert lr_factor(800, total) == pytest.approx(0.01)
+    assert lr_factor(900, total) == pytest.approx(0.001)
+    assert lr_factor(999, total) == pytest.approx(0.001)
+    assert lr_factor(300, total, warmup=0.0, milestones=(0.25, 0.5)) == pytest.approx(0.1)
+
+    model = torch.nn.Linear(2, 2)
+    opt = make_optimizer(model, "sgd")
+    sched = make_scheduler(opt, total)
+    lrs = []
+    for _ in range(total):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    # The paper's SGD: 1e-3 -> 1e-2 warm-up, then 1e-3, 1e-4, 1e-5; momentum 0.9, weight decay 5e-4.
+    assert lrs[0] == pytest.approx(1e-3) and lrs[50] == pytest.approx(1e-2)
+    assert lrs[700] == pytest.approx(1e-3) and lrs[850] == pytest.approx(1e-4) and lrs[950] == pytest.approx(1e-5)
+    assert opt.param_groups[0]["momentum"] == 0.9 and opt.param_groups[0]["weight_decay"] == 5e-4
+    assert opt.param_groups[1]["weight_decay"] == 0.0  # biases
+    assert make_optimizer(model, "adam").param_groups[0]["lr"] == pytest.approx(1e-3)
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        make_optimizer(model, "lbfgs")
+
+
+@pytest.mark.slow
+def test_overfit_four_real_frames_through_the_detector(kitti_dir: Path, tmp_path: Path):
+    """Targets, loss and decode agree: a net trained on 4 frames finds their boxes again via ONNX + Detector."""
+    import cv2
+    from fastyolo.train.checkpoint import load_model
+    from fastyolo.train.engine import TrainConfig, fit
+    from fastyolo.train.export import export_onnx
+
+    from fastyolo import Detector
+    from fastyolo.datasets import load_dataset
+    from fastyolo.metrics import evaluate
+
+    data = tiny_dataset(kitti_dir, tmp_path / "data", OVERFIT_FRAMES)
+    samples, _ = load_dataset(data)
+    assert {int(c) for s in samples for c in s.class_ids} == {0, 1, 2}
+    config = TrainConfig(out=str(tmp_path / "run"), epochs=150, batch=4, backbone="resnet18", optimizer="adam",
+                         augment=False, dropout=0.0, seed=0, workers=0, device="cpu", eval_every=10, val_name="train")
+    history = fit(config, samples, samples, target_map=0.95, log=lambda _m: None)
+    assert history[-1]["val_map50"] >= 0.95, history[-1]
+
+    onnx_path = tmp_path / "overfit.onnx"
+    export_onnx(load_model(tmp_path / "run" / "best.pt"), onnx_path, untrained=False)  # the standard YoloNet
+    detector = Detector(onnx_path, conf=0.01)
+    predictions = [detector.detect(cv2.imread(str(s.image_path))) for s in samples]
+    result = evaluate(predictions, samples)
+    assert result["map50"] >= 0.9, result
+    found = detector.__class__(onnx_path, conf=0.3).detect(cv2.imread(str(samples[3].image_path)))
+    assert sorted(found.class_ids.tolist()) == [2, 2, 2]  # the three pedestrians of 000074, nothing else
