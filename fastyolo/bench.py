@@ -301,6 +301,10 @@ class _Runner:
     def close(self) -> None:
         if self.async_queue is None:
             self.pool.shutdown(wait=True)
+        # The queue holds our callback and we hold the queue: a cycle through a C++ object that
+        # Python's collector cannot see, which would keep every request's buffers alive.
+        self.async_queue = None
+        self.done = None
 
 
 def _pad(frames: list[np.ndarray], batch: int) -> list[np.ndarray]:
