@@ -23,7 +23,8 @@ def check_precision(model_precision: str, requested: str, backend: str) -> None:
         raise ValueError(f"unknown precision {requested!r}: choose one of {', '.join(PRECISIONS)}")
     if requested == "int8" and model_precision != "int8":
         raise ModelError(
-            "int8 needs a quantised model: 'fastyolo export CHECKPOINT --precision int8 --calib DIR'"
+            "int8 needs a quantised model: 'fastyolo quantize MODEL.onnx --calib DIR' "
+            "(or 'fastyolo export CHECKPOINT --precision int8 --calib DIR')"
         )
     if model_precision == "int8" and requested not in ("int8", "fp32"):
         raise ModelError(f"this model is int8 (Q/DQ); run it with precision='int8', not {requested!r}")
