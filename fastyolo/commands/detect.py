@@ -129,6 +129,8 @@ def run(args: argparse.Namespace) -> int:
             _report(args, source, done, interrupted, video_sink)
     if source.kind == "images" and done == 0:
         raise FastYoloError(f"none of the {len(source)} files could be read as an image")
+    if done == 0:
+        raise FastYoloError(f"no frame could be decoded from {source.name} (corrupt, or an unsupported codec)")
     return 0
 
 
