@@ -8,6 +8,8 @@ onnxruntime both read that graph and run the quantised ops in int8. Needs no tor
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import tempfile
 from collections.abc import Sequence
@@ -144,6 +146,7 @@ def quantize_int8(
     try:
         import onnx
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
         from onnxruntime.quantization.shape_inference import quant_pre_process
     except ImportError as exc:  # pragma: no cover - onnxruntime is a core dependency
         raise MissingDependencyError(f"int8 quantisation needs onnxruntime's quantisation tools: {exc}") from None
@@ -163,22 +166,38 @@ def quantize_int8(
         quant_pre_process(str(source.path), str(prepared), skip_symbolic_shape=False)
         keep_names = nodes_kept_fp32(onnx.load_model(str(prepared)), keep_fp32)
         quantized = Path(tmp) / "int8.onnx"
+        calibration = {
+            "minmax": CalibrationMethod.MinMax,
+            "entropy": CalibrationMethod.Entropy,
+            "percentile": CalibrationMethod.Percentile,
+        }[method]
+        # Ranges are computed here rather than inside quantize_static, which cannot pass the
+        # histogram sizes: its entropy search uses 128 bins for 128 quantised bins, so the only
+        # threshold it can pick is the full range (identical to minmax, measured). 2048 bins
+        # searched down to 128, as TensorRT's entropy calibrator does, make the search real.
+        ranges = Path(tmp) / "ranges.json"
+        calibrator = create_calibrator(
+            prepared, OPS_TO_QUANTIZE, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+            calibrate_method=calibration,
+            extra_options={"num_bins": 2048, "num_quantized_bins": 128, "percentile": 99.999, "symmetric": False},
+        )
+        calibrator.collect_data(_reader(calib_frames, progress))
+        with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print their settings
+            save_tensors_data(calibrator.compute_data(), ranges)
+        del calibrator
         quantize_static(
             str(prepared),
             str(quantized),
-            _reader(calib_frames, progress),
+            None,
+            calibration_cache_path=ranges,
             quant_format=QuantFormat.QDQ,
             op_types_to_quantize=OPS_TO_QUANTIZE,
             per_channel=True,
             activation_type=QuantType.QUInt8,  # u8 activations x s8 weights: the VNNI/AMX fast path
             weight_type=QuantType.QInt8,
             nodes_to_exclude=keep_names,
-            calibrate_method={
-                "minmax": CalibrationMethod.MinMax,
-                "entropy": CalibrationMethod.Entropy,
-                "percentile": CalibrationMethod.Percentile,
-            }[method],
-            extra_options={"WeightSymmetric": True, "CalibPercentile": 99.999},
+            calibrate_method=calibration,
+            extra_options={"WeightSymmetric": True},
         )
         proto = onnx.load_model(str(quantized))
         metadata = {
