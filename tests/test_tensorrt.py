@@ -229,22 +229,31 @@ def test_detector_on_engine_matches_cpu_detector(onnx_model, kitti_images, tmp_p
 
 
 @in_simulator
-def test_stream_order_and_stage_timing(onnx_model, kitti_images, tmp_path):
-    from fastyolo.gpu import TensorRTPipeline
+def test_stream_order_copies_and_stage_timing(onnx_model, kitti_images, tmp_path, monkeypatch):
+    from fastyolo.gpu import TensorRTPipeline, runtime
 
     trt, plan, _ = _build(onnx_model, tmp_path, "10.8.0.43")
     device = trt.device
     pipe = TensorRTPipeline(plan, tensorrt=trt, device=device, timing=True)
     frame = _frames(kitti_images, 1)[0]
-    device.log.clear()
-    grids = pipe.infer(pipe.preprocess([frame]))
-    assert all(kind == "enqueue" for kind, _ in device.log)  # nothing has run: the host has not waited yet
-    dets = pipe.postprocess(grids, np.array([[frame.shape[1], frame.shape[0]]], np.float64), CONF, IOU, TOP_K)[0]
-    ran = [label for kind, label in device.log if kind == "run" and label != "event"]
-    assert ran[:4] == ["h2d", "normalize", "execute", "h2d"]
-    assert ran.index("decode_nms") < ran.index("d2h")
-    syncs = [i for i, (kind, _) in enumerate(device.log) if kind == "sync"]
-    assert len(syncs) == 2  # the header, then the kept rows: two waits per call, no more
-    assert len(dets) > 0
+    sizes = np.array([[frame.shape[1], frame.shape[0]]], np.float64)
+
+    def run():
+        device.log.clear()
+        grids = pipe.infer(pipe.preprocess([frame]))
+        assert all(kind == "enqueue" for kind, _ in device.log)  # nothing has run: the host has not waited yet
+        dets = pipe.postprocess(grids, sizes, CONF, IOU, TOP_K)[0]
+        ran = [label for kind, label in device.log if kind == "run" and label != "event"]
+        syncs = sum(kind == "sync" for kind, _ in device.log)
+        return dets, ran, syncs
+
+    dets, ran, syncs = run()
+    assert ran == ["h2d", "normalize", "execute", "h2d", "h2d", "decode_nms", "d2h"]
+    assert syncs == 1 and 5 < len(dets) <= TOP_K  # header and kept rows come back in one copy
     times = pipe.last_timings()
     assert set(times) == {"h2d", "infer", "decode_nms", "d2h"} and all(t >= 0 for t in times.values())
+
+    monkeypatch.setattr(runtime, "FIRST_COPY_ROWS", 5)  # more kept rows than the first copy holds
+    again, ran, syncs = run()
+    assert ran[-2:] == ["d2h", "d2h"] and syncs == 2
+    _assert_same([again], [dets])
