@@ -57,6 +57,8 @@ def _random_grids(rng, n, mode):
     shape = (n, GRID, GRID, CELL_SIZE)
     if mode == "uniform":
         return rng.random(shape, dtype=np.float32)
+    if mode == "wide":  # centres and sizes past the cell and the image: clipping; negative scores
+        return rng.uniform(-0.5, 1.5, shape).astype(np.float32)
     if mode == "coarse":  # few distinct values: equal scores, zero-area and identical boxes
         return rng.choice(np.array([0.0, 0.25, 0.5, 1.0], np.float32), size=shape)
     # "sparse": a few confident cells in a quiet grid, like a trained network's output
@@ -75,7 +77,7 @@ if SIMULATED:
     @given(
         seed=st.integers(0, 2**32 - 1),
         n=st.integers(1, 2),
-        mode=st.sampled_from(["uniform", "coarse", "sparse"]),
+        mode=st.sampled_from(["uniform", "coarse", "sparse", "wide"]),
         conf=st.sampled_from([0.0, 0.05, 0.25, 0.5]),
         iou=st.sampled_from([0.0, 0.3, 0.45, 1.0]),
         top_k=st.sampled_from([1, 7, 100, 242]),

@@ -113,8 +113,10 @@ def test_engine_precision_is_fixed_at_build_time(onnx_model, tmp_path):
     from fastyolo.gpu import TensorRTPipeline
 
     trt, plan, _ = _build(onnx_model, tmp_path, "11.1.0.7")
-    with pytest.raises(ModelError, match="built from a fp32 ONNX.*--precision int8"):
+    with pytest.raises(ModelError, match="is an fp32 engine.*--precision int8"):
         TensorRTPipeline(plan, precision="int8", tensorrt=trt, device=trt.device)
+    with pytest.raises(ValueError, match="unknown precision 'bf16'"):
+        TensorRTPipeline(plan, precision="bf16", tensorrt=trt, device=trt.device)
 
 
 # ---------------------------------------------------------------- no TensorRT / no GPU: one line

@@ -33,6 +33,7 @@ from fastyolo.layout import CELL_SIZE, GRID, INPUT_NAME, INPUT_SIZE, MAX_BOXES, 
 from fastyolo.preprocess import check_frame, resize_rgb
 
 TIMED_STAGES = ("h2d", "infer", "decode_nms", "d2h")
+ENGINE_PRECISIONS = ("fp32", "fp16", "int8")  # what the ONNX can carry (fastyolo export --precision)
 # Rows (24 B each) brought back by the first copy with the header. A copy costs ~10 us of PCIe
 # latency whatever its size and 256 rows are 6 kB (~0.5 us more at 12 GB/s), so one copy covers
 # any single frame (top_k <= 242) and almost any batch; bigger results take a second copy.
@@ -72,10 +73,12 @@ class TensorRTPipeline:
         info = read_sidecar(path)
         check_compatible(path, info, trt.__version__, device.compute_capability)
         built = info.get("precision", "fp32")
+        if precision not in ENGINE_PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r} for a TensorRT engine: choose {', '.join(ENGINE_PRECISIONS)}")
         if precision not in ("fp32", built):  # fp32 is the Detector's default: "whatever the engine is"
             raise ModelError(
-                f"{path.name} was built from a {built} ONNX and precision is fixed when the engine is built: "
-                f"build one from a '--precision {precision}' export"
+                f"{path.name} is an {built} engine and precision is fixed when an engine is built: for {precision}, "
+                f"'fastyolo export ... --precision {precision}' and build an engine from that"
             )
 
         self.trt, self.device, self.path = trt, device, path
