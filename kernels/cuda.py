@@ -20,6 +20,7 @@ Under NUMBA_ENABLE_CUDASIM=1 (tests without a GPU) they are plain numpy-scalar m
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 from numba import cuda, float32, float64, int32, uint8
@@ -39,6 +40,9 @@ from fastyolo.layout import (
 )
 
 SIMULATOR = bool(cuda.config.ENABLE_CUDASIM)
+# One block per image is the design (242 boxes need one block, and a frame is one image); numba
+# warns about any grid under 128 blocks, which would be every frame.
+warnings.filterwarnings("ignore", message=r"Grid size \d+ will likely result in GPU under-utilization")
 THREADS = 32 * ((MAX_BOXES + 31) // 32)  # one thread per candidate box, whole warps
 ROW_VALUES = 6  # a kept box on the way back: x1, y1, x2, y2, score, class id (exact as float32)
 NORMALIZE_THREADS = 256
@@ -65,7 +69,7 @@ def _iou(boxes, areas, i, j):
     return inter / union if union > 0.0 else 0.0
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def decode_nms_kernel(grids, sizes, conf_threshold, iou_threshold, top_k, rows, header):
     """grids (N, S, S, CELL_SIZE) f32, sizes (N, 2) f64 -> rows (R, ROW_VALUES) f32 and header (1 + 2N) i32.
 
@@ -170,7 +174,7 @@ def decode_nms_kernel(grids, sizes, conf_threshold, iou_threshold, top_k, rows, 
         rows[out, 5] = float32(classes[index])
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def normalize_kernel(rgb, images, scale, shift):
     """rgb (N, H, W, 3) u8 -> images (N, 3, H, W) f32: (pixel * scale[c]) + shift[c], two roundings as on the host."""
     i = cuda.grid(1)

@@ -119,6 +119,11 @@ class TensorRTPipeline:
         buffers = {INPUT_NAME: self._input, OUTPUT_NAME: self._output}
         for name in self._io_names():
             self.context.set_tensor_address(name, device.address(buffers[name]))
+        # Compile (or load from numba's cache) both kernels now, not on the first frame.
+        device.launch_normalize(self._rgb[:1], self._input[:1], self._scale, self._shift, self.stream)
+        device.upload(self._zero_host, self._result[:1], self.stream)
+        device.launch_decode_nms(self._output[:1], self._sizes[:1], 2.0, 0.5, 1, self._rows,
+                                 self._result[:3], self.stream)
         self.stream.synchronize()
 
         self.timing = timing
