@@ -160,6 +160,16 @@ def test_cli_build_engine_without_gpu_stops_in_one_line(onnx_model, tmp_path):
 
 
 @outside_simulator
+@no_gpu_here
+def test_gpu_bench_stops_in_one_line(onnx_model):
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu.py"), str(onnx_model)],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bench/gpu.py: error:") and "fastyolo[gpu]" in lines[0]
+
+
+@outside_simulator
 def test_cli_build_engine_rejects_a_non_model(tmp_path):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"\x00garbage")
