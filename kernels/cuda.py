@@ -64,7 +64,9 @@ else:
 def _iou(boxes, areas, i, j):
     iw = min(boxes[i, 2], boxes[j, 2]) - max(boxes[i, 0], boxes[j, 0])
     ih = min(boxes[i, 3], boxes[j, 3]) - max(boxes[i, 1], boxes[j, 1])
-    inter = _dmul_rn(iw, ih) if (iw > 0.0 and ih > 0.0) else 0.0
+    if not (iw > 0.0 and ih > 0.0):
+        return 0.0  # what 0 / union gives: no fp64 division (slow on GeForce) for disjoint boxes
+    inter = _dmul_rn(iw, ih)
     union = areas[i] + areas[j] - inter
     return inter / union if union > 0.0 else 0.0
 
