@@ -13,7 +13,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import fastyolo
-from fastyolo import Detector, Detections, FrameError, ModelError
+from fastyolo import Detections, Detector, FrameError, ModelError
 from fastyolo.layout import CLASS_NAMES, INPUT_NAME, INPUT_SIZE, OUTPUT_NAME
 
 
@@ -32,8 +32,9 @@ def detectors(untrained_r18):
 
 def test_backends_agree_with_torch_on_real_frames(detectors, frames, untrained_r18):
     torch = pytest.importorskip("torch")
-    from fastyolo.preprocess import preprocess
     from fastyolo.train.model import YoloNet
+
+    from fastyolo.preprocess import preprocess
 
     torch.manual_seed(0)  # the reference model's seed: same weights as the exported file
     model = YoloNet("resnet18").eval()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from fastyolo.kernels import decode_nms_batch, decode_nms_reference
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fastyolo.kernels import decode_nms_batch, decode_nms_reference
 from fastyolo.layout import BOX_OFFSET, BOXES, CELL_SIZE, CLASS_OFFSET, CLASSES, CONF_OFFSET, GRID, MAX_BOXES
 
 

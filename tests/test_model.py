@@ -11,12 +11,17 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="the network needs the [train] extra (torch)")
 
-from fastyolo.layout import CELL_SIZE, CLASS_OFFSET, CLASSES, GRID, INPUT_SIZE, describe  # noqa: E402
 from fastyolo.train.export import export_onnx  # noqa: E402
 from fastyolo.train.model import YoloNet  # noqa: E402
 
+from fastyolo.layout import CELL_SIZE, CLASS_OFFSET, CLASSES, GRID, INPUT_SIZE, describe  # noqa: E402
+
 # torchvision's ResNet layout, written out independently of train/model.py: (block, blocks per stage).
-TORCHVISION = {"resnet18": ("basic", [2, 2, 2, 2]), "resnet34": ("basic", [3, 4, 6, 3]), "resnet50": ("bottleneck", [3, 4, 6, 3])}
+TORCHVISION = {
+    "resnet18": ("basic", [2, 2, 2, 2]),
+    "resnet34": ("basic", [3, 4, 6, 3]),
+    "resnet50": ("bottleneck", [3, 4, 6, 3]),
+}
 
 
 def torchvision_state_dict(name: str) -> dict[str, torch.Tensor]:
