@@ -116,8 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         ax.axhline(result["peak_rss_mib"], color="tab:red", ls=":", lw=1, label=f"peak {result['peak_rss_mib']} MiB")
         ax.set_xlabel("frames")
         ax.set_ylabel("RSS (MiB)")
-        ax.set_title(f"{Path(model).name}, {args.backend} {result['precision']}, {args.mode}: "
-                     f"{result['growth_after_warmup_mib']:+.1f} MiB after warm-up")
+        backbone = detector.info.get("backbone", "model")
+        ax.set_title(f"{backbone}, {args.backend} {result['precision']}, {args.mode}: "
+                     f"{result['growth_after_warmup_mib']:+.1f} MiB after warm-up", fontsize=10)
         ax.legend(loc="lower right", fontsize=8)
         fig.tight_layout()
         fig.savefig(args.plot, dpi=110)
