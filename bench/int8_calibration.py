@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", default="minmax,entropy,percentile")
     p.add_argument("--keeps", default="head;none;head+first_conv", help="';'-separated, '+' joins parts")
     p.add_argument("--runs", type=int, default=20)
+    p.add_argument("--conf", type=float, default=0.25, help="threshold of the fp32 reference detections [0.25]")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
 
@@ -63,20 +64,23 @@ def main(argv: list[str] | None = None) -> int:
                 quantize_int8(args.model, out, args.calib, method=method, frames=args.calib_frames, keep_fp32=keep,
                               progress=False)
                 seconds = time.perf_counter() - t0
-                checked = check_precisions(args.model, out, frames, progress=False,
+                checked = check_precisions(args.model, out, frames, progress=False, conf=args.conf,
                                            combos=(("openvino", "int8"), ("onnxruntime", "int8")))
                 row = {"method": method, "fp32_parts": keep_text, "quantise_s": round(seconds, 1)}
                 for r in checked:
                     row[f"{r['backend']}_map50"] = r["map50"]
+                    row[f"{r['backend']}_map50_95"] = r["map50_95"]
                     row[f"{r['backend']}_grid_mean_abs_diff"] = r["grid_mean_abs_diff"]
                     row[f"{r['backend']}_ms"] = round(network_ms(out, r["backend"], args.runs), 2)
                 row["reference_boxes"] = checked[0]["reference_boxes"]
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    print(f"\n{'method':<11}{'fp32 parts':<18}{'OV mAP50':>9}{'ORT mAP50':>10}{'OV ms':>8}{'ORT ms':>8}  (vs fp32, "
+    print(f"\n{'method':<11}{'fp32 parts':<18}{'OV mAP50':>9}{'ORT mAP50':>10}{'OV .5:.95':>10}{'OV ms':>8}{'ORT ms':>8}"
+          "  (vs fp32, "
           f"{len(frames)} frames of {args.data.name}, {rows[0]['reference_boxes']} fp32 boxes)")
     for r in rows:
         print(f"{r['method']:<11}{r['fp32_parts']:<18}{r['openvino_map50']:>9.4f}{r['onnxruntime_map50']:>10.4f}"
+              f"{r['openvino_map50_95']:>10.4f}"
               f"{r['openvino_ms']:>8.2f}{r['onnxruntime_ms']:>8.2f}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
