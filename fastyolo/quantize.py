@@ -181,8 +181,8 @@ def quantize_int8(
             calibrate_method=calibration,
             extra_options={"num_bins": 2048, "num_quantized_bins": 128, "percentile": 99.999, "symmetric": False},
         )
-        calibrator.collect_data(_reader(calib_frames, progress))
         with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print their settings
+            calibrator.collect_data(_reader(calib_frames, progress))
             save_tensors_data(calibrator.compute_data(), ranges)
         del calibrator
         quantize_static(
