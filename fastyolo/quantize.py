@@ -35,6 +35,10 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm")
 # The tail after the last Gemm (Reshape/Slice/Softmax/Sigmoid/Concat) stays fp32: quantising the
 # output would round every box coordinate to 8 bits.
+# Entropy search: 2048-bin histograms, thresholds searched down to this many bins. Measured on a
+# partly trained ResNet-18 (mAP@0.5 against fp32 on kitti_tiny): 128 (TensorRT's value for symmetric
+# int8) 0.79, 256 0.96, 512 0.71; minmax 0.995, which is why minmax is the default.
+QUANTIZED_BINS = 256
 OPS_TO_QUANTIZE = ["Conv", "Gemm", "MatMul", "Add", "MaxPool", "Relu"]
 
 
@@ -179,7 +183,7 @@ def quantize_int8(
         calibrator = create_calibrator(
             prepared, OPS_TO_QUANTIZE, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
             calibrate_method=calibration,
-            extra_options={"num_bins": 2048, "num_quantized_bins": 128, "percentile": 99.999, "symmetric": False},
+            extra_options={"num_bins": 2048, "num_quantized_bins": QUANTIZED_BINS, "percentile": 99.999, "symmetric": False},
         )
         with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print their settings
             calibrator.collect_data(_reader(calib_frames, progress))
