@@ -35,6 +35,13 @@ def test_pipelined_detections_equal_sequential(untrained_r18: Path, clip_path: P
         assert piped.in_flight >= 1 and piped.detections == sequential.detections
         _same(piped.outputs, sequential.outputs)
         assert all((piped.times_ms[s] > 0).all() for s in STAGES)  # every frame's every stage was timed
+    # Nothing of a finished run stays alive (the async queue's callback once kept every runner and its buffers).
+    import gc
+
+    from fastyolo.bench import _Runner
+
+    gc.collect()
+    assert not any(isinstance(o, _Runner) for o in gc.get_objects())
     # And the library call the user makes gives the same boxes too.
     from fastyolo.bench import VideoReader
 
