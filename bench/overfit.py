@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=120, help="schedule length; stops early at --target")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--optimizer", default="adam", choices=("adam", "sgd"))
-    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--lr", type=float, default=None, help="base learning rate [optimizer default: AdamW 3e-4, SGD 1e-2]")
     p.add_argument("--min-size", type=float, default=6.0, help="ignore boxes under this many network-input pixels")
     p.add_argument("--target", type=float, default=0.9, help="stop when training-set mAP@0.5 reaches this")
     p.add_argument("--eval-every", type=int, default=5)

@@ -27,7 +27,7 @@ from fastyolo.train.schedule import lr_factor, make_optimizer, make_scheduler  #
 from fastyolo.cli import main as cli  # noqa: E402
 
 RESUME_FRAMES = ("000000.jpg", "000022.jpg", "000037.jpg", "000074.jpg")
-OVERFIT_FRAMES = ("000000.jpg", "000022.jpg", "000037.jpg", "000074.jpg")  # all 3 classes, no dropped object
+OVERFIT_FRAMES = ("000037.jpg", "000074.jpg")  # Car, Truck, Car; 3 Pedestrians; no dropped object
 
 
 def tiny_dataset(kitti_dir: Path, out: Path, frames: tuple[str, ...]) -> Path:
@@ -183,14 +183,14 @@ def test_schedule_values():
     assert lrs[700] == pytest.approx(1e-3) and lrs[850] == pytest.approx(1e-4) and lrs[950] == pytest.approx(1e-5)
     assert opt.param_groups[0]["momentum"] == 0.9 and opt.param_groups[0]["weight_decay"] == 5e-4
     assert opt.param_groups[1]["weight_decay"] == 0.0  # biases
-    assert make_optimizer(model, "adam").param_groups[0]["lr"] == pytest.approx(1e-3)
+    assert make_optimizer(model, "adam").param_groups[0]["lr"] == pytest.approx(3e-4)
     with pytest.raises(ValueError, match="unknown optimizer"):
         make_optimizer(model, "lbfgs")
 
 
 @pytest.mark.slow
-def test_overfit_four_real_frames_through_the_detector(kitti_dir: Path, tmp_path: Path):
-    """Targets, loss and decode agree: a net trained on 4 frames finds their boxes again via ONNX + Detector."""
+def test_overfit_two_real_frames_through_the_detector(kitti_dir: Path, tmp_path: Path):
+    """Targets, loss and decode agree: a net trained on 2 frames finds their boxes again via ONNX + Detector."""
     import cv2
     from fastyolo.train.checkpoint import load_model
     from fastyolo.train.engine import TrainConfig, fit
@@ -203,7 +203,8 @@ def test_overfit_four_real_frames_through_the_detector(kitti_dir: Path, tmp_path
     data = tiny_dataset(kitti_dir, tmp_path / "data", OVERFIT_FRAMES)
     samples, _ = load_dataset(data)
     assert {int(c) for s in samples for c in s.class_ids} == {0, 1, 2}
-    config = TrainConfig(out=str(tmp_path / "run"), epochs=150, batch=4, backbone="resnet18", optimizer="adam",
+    # ~30 steps reach it (about 40 s on 2 idle cores); the schedule is longer so the lr is still high there.
+    config = TrainConfig(out=str(tmp_path / "run"), epochs=100, batch=2, backbone="resnet18", optimizer="adam",
                          augment=False, dropout=0.0, seed=0, workers=0, device="cpu", eval_every=10, val_name="train")
     history = fit(config, samples, samples, target_map=0.95, log=lambda _m: None)
     assert history[-1]["val_map50"] >= 0.95, history[-1]
@@ -214,5 +215,5 @@ def test_overfit_four_real_frames_through_the_detector(kitti_dir: Path, tmp_path
     predictions = [detector.detect(cv2.imread(str(s.image_path))) for s in samples]
     result = evaluate(predictions, samples)
     assert result["map50"] >= 0.9, result
-    found = detector.__class__(onnx_path, conf=0.3).detect(cv2.imread(str(samples[3].image_path)))
+    found = Detector(onnx_path, conf=0.3).detect(cv2.imread(str(samples[1].image_path)))
     assert sorted(found.class_ids.tolist()) == [2, 2, 2]  # the three pedestrians of 000074, nothing else

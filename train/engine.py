@@ -33,10 +33,12 @@ from tqdm import tqdm
 from fastyolo.datasets import Sample
 from fastyolo.detections import Detections
 from fastyolo.errors import FastYoloError, ModelError
+from fastyolo.layout import BOXES, CELL_SIZE, CONF_OFFSET, GRID
 
 EVAL_CONF = 0.01  # keep low-score boxes: mAP integrates over every threshold
 EVAL_IOU = 0.45  # NMS threshold, the Detector's default
 EVAL_TOP_K = 100
+CONF_PRIOR = 0.01  # initial box confidence, see set_confidence_prior
 LOSS_PARTS = ("box", "obj", "noobj", "cls")
 
 
@@ -50,7 +52,7 @@ class TrainConfig:
     backbone: str = "resnet50"
     pretrained: str | None = None
     optimizer: str = "sgd"
-    lr: float | None = None  # None: the optimizer's default (SGD 1e-2, AdamW 1e-3)
+    lr: float | None = None  # None: the optimizer's default (SGD 1e-2, AdamW 3e-4)
     warmup: float = WARMUP
     milestones: tuple[float, ...] = MILESTONES
     augment: bool = True
@@ -229,6 +231,7 @@ def fit(
 
     torch.manual_seed(config.seed)
     model = YoloNet(config.backbone, dropout=config.dropout)
+    set_confidence_prior(model, CONF_PRIOR)
     if config.pretrained and not resume:
         load_pretrained(model, config.pretrained)
     model.to(device)
@@ -339,6 +342,20 @@ def fit(
         dist.barrier()
         dist.destroy_process_group()
     return history
+
+
+def set_confidence_prior(model: YoloNet, prior: float) -> None:
+    """Start every box confidence at `prior` instead of 0.5 (the output bias set to logit(prior)).
+
+    With 0.5 the no-object term (242 boxes per image) drives the confidences' logits deep into the
+    sigmoid's flat tail in the first steps (Adam keeps stepping while the gradient vanishes); a box
+    that later becomes responsible then gets no gradient and never lights up. RetinaNet's prior
+    initialisation for the same reason.
+    """
+    last = model.head[-1]
+    with torch.no_grad():
+        bias = last.bias.view(GRID, GRID, CELL_SIZE)
+        bias[..., CONF_OFFSET : CONF_OFFSET + BOXES] = math.log(prior / (1.0 - prior))
 
 
 def _should_stop(flag: bool, ddp: Distributed, device: torch.device) -> bool:

@@ -30,7 +30,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--backbone", default="resnet50", choices=("resnet18", "resnet34", "resnet50"))
     p.add_argument("--pretrained", type=Path, help="torchvision ImageNet ResNet state dict (.pth) for the backbone")
     p.add_argument("--optimizer", default="adam", choices=("adam", "sgd"),
-                   help="adam: AdamW 1e-3 (learns far faster from scratch); sgd: the paper's SGD 1e-2 [adam]")
+                   help="adam: AdamW 3e-4 (learns far faster from scratch); sgd: the paper's SGD 1e-2 [adam]")
     p.add_argument("--lr", type=float, help="base learning rate (warm-up from lr/10, /10 at 60%%, 80%%, 90%%)")
     p.add_argument("--no-augment", action="store_true", help="no translate/scale/HSV/flip augmentation")
     p.add_argument("--dropout", type=float, default=0.5, help="head dropout while training (the network is the same) [0.5]")
