@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-size", type=float, default=6.0, help="ignore boxes under this many network-input pixels")
     p.add_argument("--target", type=float, default=0.9, help="stop when training-set mAP@0.5 reaches this")
     p.add_argument("--eval-every", type=int, default=5)
+    p.add_argument("--freeze-bn", type=float, default=1.0, help="fraction of epochs after which BatchNorm stats freeze")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=ARTIFACTS / "overfit_run", help="run directory (last.pt, metrics)")
     p.add_argument("--resume", action="store_true")
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     print(report)
     config = TrainConfig(
         out=str(args.out), epochs=args.epochs, batch=args.batch, backbone=args.backbone, optimizer=args.optimizer,
-        lr=args.lr, augment=False, dropout=0.0, seed=args.seed, workers=0, device="cpu",
+        lr=args.lr, augment=False, dropout=0.0, freeze_bn=args.freeze_bn, seed=args.seed, workers=0, device="cpu",
         eval_every=args.eval_every, min_size=args.min_size, val_name="train",
     )
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {config}")

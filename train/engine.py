@@ -57,6 +57,7 @@ class TrainConfig:
     milestones: tuple[float, ...] = MILESTONES
     augment: bool = True
     dropout: float = 0.5
+    freeze_bn: float = 1.0  # from this fraction of the epochs on, BatchNorm uses its running statistics
     seed: int = 0
     workers: int = 2
     device: str = "auto"
@@ -276,6 +277,12 @@ def fit(
             loader = _loader(train_set, config.batch, config.workers, device, sampler)
             sums = dict(partial) or {k: 0.0 for k in ("loss", *LOSS_PARTS, "images", "dropped")}
             net.train()
+            if epoch >= round(config.freeze_bn * config.epochs):
+                # Train the network exactly as it will run (eval-mode BatchNorm): for overfitting, where
+                # the gap between batch and running statistics is what remains.
+                for m in model.modules():
+                    if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                        m.eval()
             bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", total=steps_per_epoch,
                        initial=skip_batches, disable=not ddp.main, leave=False, dynamic_ncols=True)
             batches_done = skip_batches
