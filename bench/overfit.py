@@ -53,11 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=ARTIFACTS / "overfit_run", help="run directory (last.pt, metrics)")
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--evaluate-only", action="store_true",
+                   help="no training: export and evaluate the best.pt of an existing (e.g. interrupted) run in --out")
     p.add_argument("--name", default="overfit", help="artifact name: bench/artifacts/NAME.pt / .onnx")
     args = p.parse_args(argv)
 
     import torch
-    from fastyolo.train.checkpoint import load_model
+    from fastyolo.train.checkpoint import load_checkpoint, load_model
     from fastyolo.train.engine import TrainConfig, fit
     from fastyolo.train.export import export_onnx
 
@@ -75,7 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {config}")
     started = time.perf_counter()
-    history = fit(config, samples, samples, resume=args.resume, target_map=args.target)
+    if args.evaluate_only:
+        history = load_checkpoint(args.out / "last.pt")["history"]
+    else:
+        history = fit(config, samples, samples, resume=args.resume, target_map=args.target)
     seconds = time.perf_counter() - started
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
