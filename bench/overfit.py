@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=ARTIFACTS / "overfit_run", help="run directory (last.pt, metrics)")
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--init", type=Path, help="start from this checkpoint's weights (fresh optimizer and schedule)")
     p.add_argument("--evaluate-only", action="store_true",
                    help="no training: export and evaluate the best.pt of an existing (e.g. interrupted) run in --out")
     p.add_argument("--name", default="overfit", help="artifact name: bench/artifacts/NAME.pt / .onnx")
@@ -72,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     print(report)
     config = TrainConfig(
         out=str(args.out), epochs=args.epochs, batch=args.batch, backbone=args.backbone, optimizer=args.optimizer,
-        lr=args.lr, augment=False, dropout=0.0, freeze_bn=args.freeze_bn, seed=args.seed, workers=0, device="cpu",
+        lr=args.lr, augment=False, dropout=0.0, freeze_bn=args.freeze_bn, seed=args.seed,
+        init=args.init and str(args.init), workers=0, device="cpu",
         eval_every=args.eval_every, min_size=args.min_size, val_name="train",
     )
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {config}")

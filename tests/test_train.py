@@ -124,6 +124,9 @@ def test_resume_and_overwrite_errors(resume_data: Path, uninterrupted: Path, tmp
     assert "holds a run" in capsys.readouterr().err
     assert cli([*train_args(resume_data, tmp_path / "x"), "--pretrained", str(tmp_path / "missing.pth")]) == 2
     assert "--pretrained file not found" in capsys.readouterr().err
+    init = ["--init", str(uninterrupted / "best.pt"), "--backbone", "resnet34"]
+    assert cli([*train_args(resume_data, tmp_path / "y"), *init]) == 2
+    assert "holds a resnet18: pass --backbone resnet18" in capsys.readouterr().err
 
 
 def test_pretrained_state_dict_loads_into_backbone(resume_data: Path, tmp_path: Path):

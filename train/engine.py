@@ -51,6 +51,7 @@ class TrainConfig:
     batch: int = 16
     backbone: str = "resnet50"
     pretrained: str | None = None
+    init: str | None = None  # a fastyolo checkpoint to start from (fine-tuning), instead of random weights
     optimizer: str = "sgd"
     lr: float | None = None  # None: the optimizer's default (SGD 1e-2, AdamW 3e-4)
     warmup: float = WARMUP
@@ -235,6 +236,11 @@ def fit(
     set_confidence_prior(model, CONF_PRIOR)
     if config.pretrained and not resume:
         load_pretrained(model, config.pretrained)
+    if config.init and not resume:
+        start = load_checkpoint(config.init)
+        if start["backbone"] != config.backbone:
+            raise FastYoloError(f"--init {config.init} holds a {start['backbone']}: pass --backbone {start['backbone']}")
+        model.load_state_dict(start["model"])
     model.to(device)
     optimizer = make_optimizer(model, config.optimizer, config.lr)
 

@@ -24,7 +24,7 @@ def plot_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike, val_
     ax_loss.plot(epochs, [row["train_loss"] for row in history], label="train loss")
     val = [(row["epoch"], row["val_loss"]) for row in history if "val_loss" in row]
     if val:
-        ax_loss.plot([e for e, _ in val], [v for _, v in val], marker=".", label=f"{val_name} frames, no augmentation")
+        ax_loss.plot([e for e, _ in val], [v for _, v in val], marker=".", label=f"{val_name} frames, eval mode")
     ax_loss.set_yscale("log")
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("YOLO loss per image")

@@ -29,6 +29,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=16, help="images per step (per process under torchrun) [16]")
     p.add_argument("--backbone", default="resnet50", choices=("resnet18", "resnet34", "resnet50"))
     p.add_argument("--pretrained", type=Path, help="torchvision ImageNet ResNet state dict (.pth) for the backbone")
+    p.add_argument("--init", type=Path, help="fastyolo checkpoint (.pt) to fine-tune from, e.g. an earlier best.pt")
     p.add_argument("--optimizer", default="adam", choices=("adam", "sgd"),
                    help="adam: AdamW 3e-4 (learns far faster from scratch); sgd: the paper's SGD 1e-2 [adam]")
     p.add_argument("--lr", type=float, help="base learning rate (warm-up from lr/10, /10 at 60%%, 80%%, 90%%)")
@@ -77,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
                     "val_split": args.val_split, "skip_malformed": args.skip_malformed}
         config = TrainConfig(
             out=str(args.out), epochs=args.epochs, batch=args.batch, backbone=args.backbone,
-            pretrained=args.pretrained and str(args.pretrained), optimizer=args.optimizer, lr=args.lr,
+            pretrained=args.pretrained and str(args.pretrained), init=args.init and str(args.init),
+            optimizer=args.optimizer, lr=args.lr,
             augment=not args.no_augment, dropout=args.dropout, seed=args.seed, workers=args.workers,
             device=args.device, eval_every=args.eval_every, min_size=args.min_size, extra=settings,
         )
