@@ -24,7 +24,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("source", help="image, folder of images, quoted glob ('frames/*.png'), video file, or camera index (0)")
     p.add_argument("--model", type=Path, required=True, help="exported .onnx (or TensorRT .plan)")
     p.add_argument("-o", "--output", type=Path,
-                   help="annotated video (.mp4 or .avi) for a video or camera; a folder (created) for images, "
+                   help="annotated video for a video or camera (.mp4; .mkv or .avi also stay playable if the process "
+                        "is killed); a folder (created) for images, "
                         "or an image file for one image")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--jsonl", help="detections per frame as JSON lines ('-' for stdout)")
