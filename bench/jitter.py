@@ -243,16 +243,26 @@ def plot_example(example: dict, path: Path) -> None:
     styles = {"none": ("tab:red", "raw (ByteTrack ids only)"), "kalman": ("tab:blue", "Kalman (default)"),
               "ema": ("tab:green", "EMA")}
     for smooth, (colour, label) in styles.items():
-        xs, ys = [], []
+        # Follow the one track id matched to this object most often (not the nearest box each frame).
+        votes: dict[int, int] = defaultdict(int)
         for f in frames:
             dets = example[smooth][f]
             if len(dets):
                 iou = box_iou(truth[obj][f][None], dets.boxes.astype(np.float64))[0]
                 if iou.max() >= MATCH_IOU:
-                    b = dets.boxes[int(iou.argmax())]
-                    xs.append(f)
-                    ys.append((b[0] + b[2]) / 2)
-        ax.plot(xs, ys, ".-", color=colour, lw=1.2, ms=4, label=label)
+                    votes[int(dets.track_ids[int(iou.argmax())])] += 1
+        if not votes:
+            continue
+        tid = max(votes, key=votes.get)
+        xs, ys = [], []
+        for f in frames:
+            dets = example[smooth][f]
+            hit = np.flatnonzero(dets.track_ids == tid) if len(dets) else []
+            if len(hit):
+                b = dets.boxes[int(hit[0])]
+                xs.append(f)
+                ys.append((b[0] + b[2]) / 2)
+        ax.plot(xs, ys, ".-", color=colour, lw=1.2, ms=4, label=f"{label}, track #{tid}")
     ax.set_xlabel("frame")
     ax.set_ylabel("box centre x (px)")
     ax.set_title(f"Known pan/zoom of KITTI {example['scene']}: one object's tracked box vs its true path")
