@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             reader.close()
     else:
         done = 0
-        while done < total:  # each chunk opens the video, starts the decode thread and the async queue anew
+        while done < total:  # each chunk opens the video, starts the decode thread and the inference workers anew
             chunk = min(args.every, total - done)
             run_bench(detector, video, frames=chunk, warmup=0, progress=False, mode="throughput", batch=args.batch)
             done += chunk

@@ -3,8 +3,8 @@
 latency:    one thread, batch 1, one frame in flight: decode -> preprocess -> infer -> postprocess.
 throughput: video decode on its own thread feeding a bounded queue (cv2 releases the GIL, so it
             overlaps inference), frames micro-batched `batch` at a time, several inference
-            requests in flight (OpenVINO AsyncInferQueue with the THROUGHPUT hint; a worker
-            thread for other runtimes), decode + NMS as each request completes.
+            requests in flight (worker threads with one OpenVINO infer request each on a
+            THROUGHPUT-compiled model; one worker for onnxruntime), decode + NMS as each completes.
 """
 
 from __future__ import annotations
@@ -241,69 +241,69 @@ def _decode_worker(reader: VideoReader, frames: int, out: queue.Queue, stop: thr
 
 
 class _Runner:
-    """Runs inference asynchronously and calls `done(batch, grids)` as each batch finishes."""
+    """Runs inference on worker threads and calls `done(batch, grids)` as each batch finishes.
+
+    OpenVINO: one synchronous infer request per worker on a THROUGHPUT-compiled model (its
+    streams run requests side by side; `infer` releases the GIL). Deliberately not
+    AsyncInferQueue: its completion callbacks take the GIL on OpenVINO's own threads, and tearing
+    the compiled model down then deadlocks (seen here with OpenVINO 2026.4: the main thread joins
+    a stream thread that waits for the GIL). onnxruntime: one worker, since one run already uses
+    every thread.
+    """
 
     def __init__(self, detector: Detector, batch: int, in_flight: int | None, done):
         self.done = done
         self.errors: list[BaseException] = []
         session = getattr(detector.pipeline, "session", None)
-        self.async_queue = None
-        if session is not None and hasattr(session, "async_queue"):
-            self.async_queue = session.async_queue(batch, in_flight)
-            self.async_queue.set_callback(self._finished)
-            self.in_flight = len(self.async_queue)
+        if session is not None and hasattr(session, "throughput_requests"):
+            requests = session.throughput_requests(batch, in_flight)
             self.streams = session.streams
+            self.idle: queue.SimpleQueue | None = queue.SimpleQueue()
+            for request in requests:
+                self.idle.put(request)
+            self.infer = None
+            self.in_flight = len(requests)
         else:
-            # One worker: inference overlaps decode + preprocess of the next batch without two
-            # runs fighting over the same cores (onnxruntime already uses every thread per run).
+            self.idle = None
+            self.infer = detector.pipeline.infer
             self.in_flight = in_flight or 1
             self.streams = 1
-            self.pool = ThreadPoolExecutor(self.in_flight, thread_name_prefix="fastyolo-infer")
-            self.slots = threading.Semaphore(self.in_flight)
-            self.infer = detector.pipeline.infer
-
-    def _finished(self, request, job: _Batch) -> None:
-        try:
-            self.done(job, request.get_output_tensor(0).data.copy())
-        except BaseException as exc:
-            self.errors.append(exc)
+        self.pool = ThreadPoolExecutor(self.in_flight, thread_name_prefix="fastyolo-infer")
+        self.slots = threading.Semaphore(self.in_flight)
 
     def _run(self, images: np.ndarray, job: _Batch) -> None:
         try:
-            self.done(job, self.infer(images))
+            if self.idle is not None:
+                request = self.idle.get()
+                try:
+                    request.infer({0: images}, share_inputs=True)
+                    grids = request.get_output_tensor(0).data.copy()
+                finally:
+                    self.idle.put(request)
+            else:
+                grids = self.infer(images)
+            self.done(job, grids)
         except BaseException as exc:
             self.errors.append(exc)
         finally:
             self.slots.release()
 
     def submit(self, images: np.ndarray, job: _Batch) -> None:
-        if self.async_queue is not None:
-            # Waits for a free request first, so `submitted` is when this batch really starts.
-            self.async_queue.get_idle_request_id()
-            job.submitted = time.perf_counter()
-            self.async_queue.start_async({0: images}, job, share_inputs=False)
-        else:
-            self.slots.acquire()
-            job.submitted = time.perf_counter()
-            self.pool.submit(self._run, images, job)
+        self.slots.acquire()  # waits for a free worker, so `submitted` is when this batch really starts
+        job.submitted = time.perf_counter()
+        self.pool.submit(self._run, images, job)
 
     def wait(self) -> None:
-        if self.async_queue is not None:
-            self.async_queue.wait_all()
-        else:
-            for _ in range(self.in_flight):
-                self.slots.acquire()
-            for _ in range(self.in_flight):
-                self.slots.release()
+        for _ in range(self.in_flight):
+            self.slots.acquire()
+        for _ in range(self.in_flight):
+            self.slots.release()
         if self.errors:
             raise self.errors[0]
 
     def close(self) -> None:
-        if self.async_queue is None:
-            self.pool.shutdown(wait=True)
-        # The queue holds our callback and we hold the queue: a cycle through a C++ object that
-        # Python's collector cannot see, which would keep every request's buffers alive.
-        self.async_queue = None
+        self.pool.shutdown(wait=True)
+        self.idle = None
         self.done = None
 
 
@@ -321,7 +321,7 @@ def _throughput(detector: Detector, reader: VideoReader, frames: int, warmup: in
     times = np.zeros((len(STAGES), frames))
     outputs: list[Detections | None] = [None] * frames
     found = [0]
-    lock = threading.Lock()  # callbacks of two OpenVINO streams can run at once
+    lock = threading.Lock()  # two workers can finish at once
     bar = tqdm(total=frames, desc="bench", unit="frame", disable=not progress, leave=False)
 
     def done(job: _Batch, grids: np.ndarray) -> None:

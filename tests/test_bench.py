@@ -35,7 +35,7 @@ def test_pipelined_detections_equal_sequential(untrained_r18: Path, clip_path: P
         assert piped.in_flight >= 1 and piped.detections == sequential.detections
         _same(piped.outputs, sequential.outputs)
         assert all((piped.times_ms[s] > 0).all() for s in STAGES)  # every frame's every stage was timed
-    # Nothing of a finished run stays alive (the async queue's callback once kept every runner and its buffers).
+    # Nothing of a finished run stays alive (OpenVINO's async queue callback once kept every runner and its buffers).
     import gc
 
     from fastyolo.bench import _Runner
