@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -99,18 +98,20 @@ def test_stop_after_epoch_then_resume_equals_uninterrupted(resume_data: Path, un
 
 
 def test_ctrl_c_mid_epoch_saves_last_and_resume_equals_uninterrupted(resume_data: Path, uninterrupted: Path, tmp_path):
+    """A real Ctrl-C: SIGINT to a `fastyolo train` process once epoch 1 is saved.
+
+    In a child process, as a user's terminal sends it (in-process, the signal also reaches the
+    native threads earlier tests left behind, which crashed the test process).
+    """
     run = tmp_path / "run"
-
-    def press_ctrl_c_once_epoch_1_is_saved():
-        deadline = time.monotonic() + 120
-        while not (run / "last.pt").exists() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        os.kill(os.getpid(), signal.SIGINT)
-
-    watcher = threading.Thread(target=press_ctrl_c_once_epoch_1_is_saved, daemon=True)
-    watcher.start()
-    assert cli(train_args(resume_data, run)) == 130  # interrupted
-    watcher.join()
+    proc = subprocess.Popen([sys.executable, "-m", "fastyolo.cli", *train_args(resume_data, run)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (run / "last.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err  # interrupted
     state = torch.load(run / "last.pt", map_location="cpu", weights_only=False)
     assert state["epoch"] == 1 and 1 <= state["batches_done"] < 3  # stopped inside epoch 2, after a whole batch
     assert cli([*train_args(resume_data, run), "--resume"]) == 0
