@@ -11,6 +11,7 @@ import numpy as np
 
 from fastyolo.backends import open_session
 from fastyolo.detections import Detections
+from fastyolo.errors import ModelError
 from fastyolo.kernels import decode_nms_batch, warmup
 from fastyolo.model_file import read_onnx
 from fastyolo.preprocess import preprocess
@@ -73,4 +74,8 @@ class CpuPipeline:
         return self.session.run(batch)
 
     def postprocess(self, grids: np.ndarray, sizes: np.ndarray, conf: float, iou: float, top_k: int) -> list[Detections]:
+        # Sigmoid/softmax outputs are finite; NaN or inf means a broken model, and the kernels'
+        # comparisons would quietly drop such boxes instead of saying so.
+        if not np.isfinite(grids).all():
+            raise ModelError(f"{self.model.path} produced NaN or infinite outputs: the model file is broken, re-export it")
         return split_batch(*decode_nms_batch(grids, sizes, conf, iou, top_k))

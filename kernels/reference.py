@@ -11,6 +11,9 @@ Semantics, shared by every implementation:
    box slot within the cell.
 5. Greedy NMS per class: a candidate is kept unless a kept box of the same class has
    IoU > iou_threshold with it (IoU of two zero-area boxes is 0); at most top_k are kept.
+
+Grids are finite (sigmoid and softmax outputs); the CPU pipeline rejects a NaN or infinite output
+as a broken model before decoding, since the implementations' comparisons would differ on NaN.
 """
 
 from __future__ import annotations

@@ -177,3 +177,13 @@ def test_inference_does_not_need_torch(untrained_r18, kitti_images):
 def test_public_api():
     assert fastyolo.CLASS_NAMES == ("Car", "Truck", "Pedestrian")
     assert callable(fastyolo.Detector)
+
+
+def test_non_finite_model_output_is_an_error_not_missing_boxes(detectors, frames):
+    """A broken model (NaN weights) must be named, not turned into 'no detections'."""
+    det = detectors["onnxruntime"]
+    grids = det.pipeline.infer(det.pipeline.preprocess(frames[:1]))
+    grids[0, 3, 4, 0] = np.nan
+    sizes = np.array([[frames[0].shape[1], frames[0].shape[0]]], np.float64)
+    with pytest.raises(ModelError, match="NaN or infinite"):
+        det.pipeline.postprocess(grids, sizes, 0.05, 0.45, 100)
