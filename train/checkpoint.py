@@ -31,15 +31,21 @@ def save_checkpoint(path: str | os.PathLike, model: YoloNet, **extra: Any) -> No
         raise
 
 
+def read_torch_file(path: Path, *, weights_only: bool, missing: str, what: str) -> Any:
+    """torch.load on the CPU with one-line ModelErrors: `missing` if there is no file, else unreadable `what`."""
+    if not path.is_file():
+        raise ModelError(missing)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except Exception as exc:
+        raise ModelError(f"{path} is not a readable {what} ({type(exc).__name__}: {exc})") from None
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read a checkpoint dict, with clear errors for a missing, corrupt or foreign file."""
     path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise ModelError(f"{path} is not a readable fastyolo checkpoint ({type(exc).__name__}: {exc})") from None
+    state = read_torch_file(path, weights_only=False, missing=f"checkpoint not found: {path}",
+                            what="fastyolo checkpoint")
     if not isinstance(state, dict) or "model" not in state or "backbone" not in state:
         raise ModelError(f"{path} is a torch file but not a fastyolo checkpoint (no 'model'/'backbone' entries)")
     if state.get("layout", describe()) != describe():

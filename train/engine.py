@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from fastyolo.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from fastyolo.train.checkpoint import load_checkpoint, read_torch_file, rng_state, save_checkpoint, set_rng_state
 from fastyolo.train.data import ResumableSampler, YoloDataset
 from fastyolo.train.loss import yolo_loss
 from fastyolo.train.model import YoloNet
@@ -392,12 +392,8 @@ def _summary(row: dict[str, Any], config: TrainConfig) -> str:
 def load_pretrained(model: YoloNet, path: str | os.PathLike) -> None:
     """Load a torchvision ImageNet ResNet state dict from a local file into the backbone."""
     path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"--pretrained file not found: {path} (a torchvision ResNet state dict .pth)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ModelError(f"{path} is not a readable torch state dict ({type(exc).__name__}: {exc})") from None
+    state = read_torch_file(path, weights_only=True, what="torch state dict",
+                            missing=f"--pretrained file not found: {path} (a torchvision ResNet state dict .pth)")
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     try:
