@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from fastyolo.errors import FastYoloError
@@ -15,6 +16,7 @@ COMMANDS = (
     "detect",
     "eval",
     "export",
+    "label",
     "quantize",
     "train",
 )
@@ -35,12 +37,24 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args) or 0)
-    except FastYoloError as exc:
-        print(f"fastyolo {args.command}: error: {exc}", file=sys.stderr)
+    except (FastYoloError, ValueError, OSError) as exc:
+        # A bad value or an unusable path given on the command line: one line, exit code 2.
+        # FASTYOLO_DEBUG=1 shows the traceback instead.
+        if os.environ.get("FASTYOLO_DEBUG"):
+            raise
+        print(f"fastyolo {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"fastyolo {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        terminated = type(exc).__name__ == "Terminated"  # SIGTERM, see fastyolo.fileio.sigterm_as_interrupt
+        print(f"fastyolo {args.command}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return 143 if terminated else 130
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and not isinstance(exc, FastYoloError) and exc.filename is not None:
+        return f"{exc.filename}: {exc.strerror or type(exc).__name__}"
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
 
 
 if __name__ == "__main__":
