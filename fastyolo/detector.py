@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterable, Iterator, Sequence
+import threading
+import time
+from collections.abc import Iterable, Iterator, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from fastyolo import cfg
 from fastyolo.detections import Detections
 from fastyolo.errors import ModelError
 from fastyolo.layout import INPUT_SIZE
 from fastyolo.pipeline import CpuPipeline, Pipeline, default_threads
 from fastyolo.preprocess import check_frame
 
-ENGINE_SUFFIXES = (".plan", ".engine")
+ENGINE_SUFFIXES = cfg.ENGINE_SUFFIXES
+
+_NO_LOCK = contextlib.nullcontext()
 
 
 class Detector:
@@ -27,6 +33,10 @@ class Detector:
     >>> det = Detector("model.onnx", conf=0.3)
     >>> for d in det.detect(cv2.imread("frame.jpg")):
     ...     print(d.label, d.score, d.box)
+
+    Thread-safe: one Detector may be called from several threads. On the CPU each thread gets its
+    own preprocess buffer and (OpenVINO) its own infer request, so calls run side by side; other
+    runtimes (TensorRT) take a lock, so calls run one at a time.
     """
 
     def __init__(
@@ -35,15 +45,13 @@ class Detector:
         *,
         backend: str = "auto",
         precision: str = "fp32",
-        conf: float = 0.25,
-        iou: float = 0.45,
-        top_k: int = 100,
+        conf: float = cfg.CONF,
+        iou: float = cfg.IOU,
+        top_k: int = cfg.TOP_K,
         threads: int | None = None,
     ):
-        if not 0.0 <= conf <= 1.0 or not 0.0 <= iou <= 1.0:
-            raise ValueError(f"conf and iou are thresholds in [0, 1], got conf={conf}, iou={iou}")
-        if top_k < 1:
-            raise ValueError(f"top_k must be at least 1, got {top_k}")
+        cfg.check_runtime(model=model, backend=backend, precision=precision, conf=conf, iou=iou, threads=threads,
+                          top_k=top_k, flag=False)
         path = Path(model)
         if not path.is_file():
             raise ModelError(f"model file not found: {path}")
@@ -58,6 +66,8 @@ class Detector:
             self.pipeline = TensorRTPipeline(path, precision=precision)
         else:
             self.pipeline = CpuPipeline(path, backend, precision, threads)
+        # A pipeline that is not thread-safe by itself (TensorRT: one context and stream) runs one call at a time.
+        self._lock = None if getattr(self.pipeline, "thread_safe", False) else threading.Lock()
 
     @property
     def info(self) -> dict[str, Any]:
@@ -68,14 +78,43 @@ class Detector:
         """Detect in one HxWx3 uint8 BGR frame of any size; boxes are in its pixels."""
         return self.detect_batch([frame])[0]
 
-    def detect_batch(self, frames: Sequence[np.ndarray]) -> list[Detections]:
-        """Detect in several frames (any sizes) with one network call."""
+    def detect_batch(self, frames: Sequence[np.ndarray], conf: float | None = None, *,
+                     timings: MutableMapping[str, float] | None = None) -> list[Detections]:
+        """Detect in several frames (any sizes) with one network call.
+
+        conf: score threshold for this call only [the Detector's]; timings: a dict that receives the
+        seconds spent in each stage ("preprocess", "infer", "postprocess") of this call.
+        """
+        conf = self.conf if conf is None else cfg.check_fraction("conf", conf)
         frames = [check_frame(f) for f in frames]
         if not frames:
             return []
         sizes = np.array([(f.shape[1], f.shape[0]) for f in frames], dtype=np.float64)
-        grids = self.pipeline.infer(self.pipeline.preprocess(frames))
-        return self.pipeline.postprocess(grids, sizes, self.conf, self.iou, self.top_k)
+        if self._lock is None:
+            return self._run(frames, sizes, conf, timings)
+        with self._lock:
+            return self._run(frames, sizes, conf, timings)
+
+    def _run(self, frames: list[np.ndarray], sizes: np.ndarray, conf: float,
+             timings: MutableMapping[str, float] | None) -> list[Detections]:
+        pipe = self.pipeline
+        if timings is None:
+            return pipe.postprocess(pipe.infer(pipe.preprocess(frames)), sizes, conf, self.iou, self.top_k)
+        clock = time.perf_counter
+        t0 = clock()
+        images = pipe.preprocess(frames)
+        t1 = clock()
+        grids = pipe.infer(images)
+        t2 = clock()
+        found = pipe.postprocess(grids, sizes, conf, self.iou, self.top_k)
+        timings.update(preprocess=t1 - t0, infer=t2 - t1, postprocess=clock() - t2)
+        return found
+
+    def raw_outputs(self, frames: Sequence[np.ndarray]) -> np.ndarray:
+        """The network's (N, S, S, CELL_SIZE) float32 output for the frames, on the host (for agreement checks)."""
+        frames = [check_frame(f) for f in frames]
+        with self._lock or _NO_LOCK:
+            return np.array(self.pipeline.infer(self.pipeline.preprocess(frames)), np.float32)
 
     def track(self, frames: Iterable[np.ndarray], *, fps: float = 30.0, smooth: str = "kalman") -> Iterator[Detections]:
         """Detect in consecutive frames of one video; yields each frame's Detections with `track_ids`.

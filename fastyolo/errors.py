@@ -23,3 +23,11 @@ class MissingDependencyError(FastYoloError, ImportError):
 
 class GpuUnavailableError(FastYoloError, RuntimeError):
     """The GPU path needs an NVIDIA GPU with TensorRT and numba-cuda; none is usable here."""
+
+
+class UsageError(FastYoloError, ValueError):
+    """An option is out of range or does not go with another one (the CLI exits with code 2)."""
+
+
+class OutputError(FastYoloError, OSError):
+    """An output path cannot be written, or writing it would replace one of the inputs."""

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastyolo.errors import ModelError
-from fastyolo.layout import INPUT_NAME, OUTPUT_NAME, describe, output_shape
+from fastyolo.layout import INPUT_NAME, INPUT_SIZE, OUTPUT_NAME, describe, output_shape
 
 
 @dataclass(frozen=True)
@@ -51,11 +51,38 @@ def read_onnx(path: str | os.PathLike) -> ModelFile:
             f"{path} has inputs {inputs} and outputs {outputs}: expected a fastyolo model "
             f"('{INPUT_NAME}' -> '{OUTPUT_NAME}'); export one with 'fastyolo export'"
         )
-    dims = [d.dim_value or None for d in graph.output[0].type.tensor_type.shape.dim]
-    expected = list(output_shape(1))[1:]
-    if dims[1:] != expected:
-        raise ModelError(f"{path} outputs shape {dims}, expected (N, {', '.join(map(str, expected))}): not this layout")
-    for key, value in describe().items():
-        if key in metadata and metadata[key] != value:
-            raise ModelError(f"{path} was exported for {key}={metadata[key]!r}, this fastyolo uses {value!r}")
+    _check_shape(path, "input", graph.input[[i.name for i in graph.input].index(INPUT_NAME)],
+                 [3, INPUT_SIZE, INPUT_SIZE])
+    _check_shape(path, "output", graph.output[0], list(output_shape(1))[1:])
+    _check_metadata(path, metadata)
     return ModelFile(path, metadata)
+
+
+def _dims(value_info) -> list[int | None]:
+    """A graph input/output's shape: ints, None for a symbolic or unknown dimension."""
+    return [d.dim_value if d.HasField("dim_value") else None for d in value_info.type.tensor_type.shape.dim]
+
+
+def _check_shape(path: Path, what: str, value_info, expected: list[int]) -> None:
+    """(N, *expected) with N free or fixed, nothing unknown: a foreign network with our names fails here."""
+    dims = _dims(value_info)
+    if len(dims) != len(expected) + 1 or dims[1:] != expected:
+        shown = "x".join("?" if d is None else str(d) for d in dims) or "unknown"
+        raise ModelError(
+            f"{path} {what}s shape {shown}, expected (N, {', '.join(map(str, expected))}): not this layout"
+            + ("; export one with 'fastyolo export'" if what == "input" else "")
+        )
+
+
+def _check_metadata(path: Path, metadata: dict[str, str]) -> None:
+    """Every layout key fastyolo writes must be there and equal: names and shapes alone do not prove the cell order."""
+    expected = describe()
+    missing = [key for key in expected if key not in metadata]
+    if missing:
+        raise ModelError(
+            f"{path} has no fastyolo metadata ({', '.join(missing[:2])}{' ...' if len(missing) > 2 else ''} missing): "
+            "not a model 'fastyolo export' wrote, so its output layout is unknown; export it with 'fastyolo export'"
+        )
+    for key, value in expected.items():
+        if metadata[key] != value:
+            raise ModelError(f"{path} was exported for {key}={metadata[key]!r}, this fastyolo uses {value!r}")

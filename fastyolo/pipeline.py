@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any, Protocol
 
 import cv2
@@ -43,14 +44,21 @@ def split_batch(boxes, scores, classes, counts) -> list[Detections]:
 
 
 class CpuPipeline:
-    """An ONNX on OpenVINO or onnxruntime, decode + NMS by the numba @njit kernel."""
+    """An ONNX on OpenVINO or onnxruntime, decode + NMS by the numba @njit kernel.
+
+    Thread-safe: the preprocess buffer is per thread (reused across that thread's calls, so no
+    per-frame allocation), onnxruntime's `run` is thread-safe and OpenVINO gets one infer request per
+    thread; the decode kernel allocates its outputs per call.
+    """
+
+    thread_safe = True
 
     def __init__(self, path: str | os.PathLike, backend: str, precision: str, threads: int):
         self.model = read_onnx(path)
         cv2.setNumThreads(threads)  # OpenCV's resize/decode share the cores with inference
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))  # for any parallel kernel
         self.session = open_session(self.model, backend, precision, threads)
-        self._input: np.ndarray | None = None
+        self._local = threading.local()  # .input: this thread's preprocess buffer
         warmup()
         self.info = {
             "backend": self.session.name,
@@ -67,8 +75,8 @@ class CpuPipeline:
         }
 
     def preprocess(self, frames: list[np.ndarray]) -> np.ndarray:
-        self._input = preprocess(frames, self._input)
-        return self._input
+        out = self._local.input = preprocess(frames, getattr(self._local, "input", None))
+        return out
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run(batch)

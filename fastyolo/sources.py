@@ -7,6 +7,7 @@ Every source yields `Frame`s. Image sources skip files OpenCV cannot decode and 
 from __future__ import annotations
 
 import glob
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +16,9 @@ import cv2
 import numpy as np
 
 from fastyolo.errors import FastYoloError
+from fastyolo.fileio import IMAGE_SUFFIXES, _quiet_capture, read_image
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+__all__ = ["IMAGE_SUFFIXES", "Frame", "ImageSource", "VideoSource", "open_source", "read_image"]
 
 
 @dataclass
@@ -24,6 +26,7 @@ class Frame:
     image: np.ndarray  # HxWx3 uint8 BGR
     index: int  # 0, 1, 2, ... in reading order (skipped files take no number)
     path: Path | None = None  # the file it came from, for image sources
+    source: str | None = None  # that file named uniquely: relative to the inputs' common folder
 
 
 class ImageSource:
@@ -35,6 +38,7 @@ class ImageSource:
     def __init__(self, paths: list[Path]):
         self.paths = paths
         self.skipped: list[tuple[Path, str]] = []
+        self.names = unique_names(paths)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -46,25 +50,27 @@ class ImageSource:
             if isinstance(image, str):
                 self.skipped.append((path, image))
                 continue
-            yield Frame(image, index, path)
+            yield Frame(image, index, path, self.names[path])
             index += 1
 
     def close(self) -> None:
         pass
 
+    def __enter__(self):
+        return self
 
-def read_image(path: Path) -> np.ndarray | str:
-    """The image as BGR uint8, or the reason it cannot be read (no exception: callers skip it)."""
-    try:
-        data = np.fromfile(path, np.uint8)  # imdecode: no OpenCV warnings on stderr, any path encoding
-    except OSError as exc:
-        return f"cannot read: {exc.strerror or exc}"
-    if data.size == 0:
-        return "empty file"
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR)  # grey, 16-bit and alpha images come out as 8-bit BGR
-    if image is None:
-        return "not an image OpenCV can decode"
-    return image
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def unique_names(paths: list[Path]) -> dict[Path, str]:
+    """Each path relative to the folder all of them share (a/x.png, b/x.png), so no two share a name;
+    the file name alone when they are all in one folder."""
+    if not paths:
+        return {}
+    absolute = [os.path.abspath(p) for p in paths]
+    root = os.path.dirname(absolute[0]) if len(paths) == 1 else os.path.commonpath([os.path.dirname(a) for a in absolute])
+    return {p: Path(os.path.relpath(a, root)).as_posix() for p, a in zip(paths, absolute, strict=True)}
 
 
 class VideoSource:
@@ -87,12 +93,27 @@ class VideoSource:
         while True:
             ok, image = self.capture.read()
             if not ok or image is None:
+                self.decoded = index
                 return
             yield Frame(image, index)
             index += 1
 
+    def truncated(self) -> str | None:
+        """After the stream ended by itself: a note if it ended before the frame count its header announces."""
+        decoded = getattr(self, "decoded", None)
+        if decoded is None or not self.frame_count or decoded >= self.frame_count:
+            return None
+        return (f"{self.name} ended after {decoded} of the {self.frame_count} frames its header announces "
+                "(truncated or damaged file?)")
+
     def close(self) -> None:
         self.capture.release()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 Source = ImageSource | VideoSource
@@ -119,17 +140,6 @@ def open_source(spec: str) -> Source:
             raise FastYoloError(f"no files match {spec!r}: check the pattern (quote it so the shell does not expand it)")
         return ImageSource(paths)
     raise FastYoloError(f"source not found: {spec} (expected an image, a folder, a glob, a video file or a camera index)")
-
-
-def _quiet_capture(target: str | int) -> cv2.VideoCapture:
-    """VideoCapture without OpenCV's multi-line backend warnings: our own error says what failed."""
-    log = cv2.utils.logging
-    level = log.getLogLevel()
-    log.setLogLevel(log.LOG_LEVEL_SILENT)
-    try:
-        return cv2.VideoCapture(target)
-    finally:
-        log.setLogLevel(level)
 
 
 def open_video(path: Path) -> VideoSource:

@@ -17,22 +17,34 @@ import numpy as np
 
 from fastyolo.detections import Detections
 from fastyolo.errors import FastYoloError
-from fastyolo.sources import IMAGE_SUFFIXES
+from fastyolo.fileio import IMAGE_SUFFIXES, check_outputs
 
 # OpenCV's bundled FFmpeg writes MPEG-4 Part 2 ("mp4v") into .mp4 and Motion-JPEG into .avi;
-# releasing the writer finalises the container, so even a run stopped by Ctrl-C plays.
+# releasing the writer finalises the container, so even a run stopped by Ctrl-C (or SIGTERM) plays.
+# Browsers do not play MPEG-4 Part 2: the pip OpenCV builds have no H.264 encoder (avc1 fails to
+# open, with FFmpeg noise on stderr), so re-encode for the web: ffmpeg -i out.mp4 -c:v libx264 -pix_fmt yuv420p web.mp4
 FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "mp4v"}
 
 
 def refuse_overwrite(output: Path, inputs: list[Path], what: str) -> None:
-    """Raise if writing `output` would replace one of the inputs."""
-    target = output.resolve()
-    for path in inputs:
-        if path.resolve() == target:
-            raise FastYoloError(f"{what} {output} is the input {path}: it would be overwritten, choose another output path")
+    """Raise if writing `output` would replace one of the inputs (links resolved), or it cannot be written."""
+    check_outputs([(what, output)], inputs)
 
 
-class VideoSink:
+class Sink:
+    """Closed on leaving a `with` block (detect stacks them in an ExitStack)."""
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class VideoSink(Sink):
     """An annotated video with the input's size and frame rate."""
 
     def __init__(self, path: Path, fps: float, size: tuple[int, int]):
@@ -56,7 +68,7 @@ class VideoSink:
         self.writer.release()
 
 
-class ImageSink:
+class ImageSink(Sink):
     """Annotated images in a folder (created), under the input's file names; or one image file for one input."""
 
     def __init__(self, folder: Path, inputs: list[Path]):
@@ -73,7 +85,11 @@ class ImageSink:
         for path, out in self.names.items():
             if out.resolve() in sources:
                 raise FastYoloError(f"annotated image {out} would overwrite the input {path}: choose another -o")
-        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise FastYoloError(f"cannot create the output folder {self.folder}: {exc.strerror or exc}") from None
+        check_outputs([("-o", out) for out in self.names.values()][:1], [])  # writable: probed once
 
     def _plan(self, inputs: list[Path]) -> dict[Path, Path]:
         """One output file per input, same name; same-named inputs from different folders get a number."""
@@ -96,20 +112,20 @@ class ImageSink:
         data.tofile(out)
         self.frames += 1
 
-    def close(self) -> None:
-        pass
 
+class JsonlSink(Sink):
+    """One line per frame: {"frame": i, "source": "dir/name.jpg" (images), "detections": [...]}; "-" is stdout.
 
-class JsonlSink:
-    """One line per frame: {"frame": i, "source": "name.jpg" (images), "detections": [...]}; "-" is stdout."""
+    source: the image's path relative to the folder all inputs share (unique within a run).
+    """
 
     def __init__(self, path: Path | str):
         self.stream: IO[str] = sys.stdout if str(path) == "-" else _open_text(Path(path))
 
-    def write(self, index: int, detections: Detections, name: Path | None = None) -> None:
+    def write(self, index: int, detections: Detections, source: str | None = None) -> None:
         row: dict = {"frame": index}
-        if name is not None:
-            row["source"] = name.name
+        if source is not None:
+            row["source"] = str(source)
         row["detections"] = detections.to_dicts()
         self.stream.write(json.dumps(row) + "\n")
         self.stream.flush()
@@ -119,7 +135,7 @@ class JsonlSink:
             self.stream.close()
 
 
-class CsvSink:
+class CsvSink(Sink):
     """One row per detection: frame, source, track_id, label, score, x1, y1, x2, y2."""
 
     COLUMNS = ("frame", "source", "track_id", "label", "score", "x1", "y1", "x2", "y2")
@@ -129,8 +145,8 @@ class CsvSink:
         self.writer = csv.writer(self.stream)
         self.writer.writerow(self.COLUMNS)
 
-    def write(self, index: int, detections: Detections, name: Path | None = None) -> None:
-        source = "" if name is None else name.name
+    def write(self, index: int, detections: Detections, source: str | None = None) -> None:
+        source = "" if source is None else str(source)
         for d in detections:
             track = "" if d.track_id is None else d.track_id
             self.writer.writerow([index, source, track, d.label, f"{d.score:.4f}", *(f"{v:.2f}" for v in d.box)])

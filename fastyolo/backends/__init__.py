@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from fastyolo.backends.base import PRECISIONS, Session
+from fastyolo.cfg import CPU_BACKENDS as BACKENDS
 from fastyolo.model_file import ModelFile
-
-BACKENDS = ("openvino", "onnxruntime")
 
 
 def open_session(model: ModelFile, backend: str, precision: str, threads: int) -> Session:

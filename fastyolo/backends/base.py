@@ -4,7 +4,7 @@ from typing import Protocol
 
 import numpy as np
 
-PRECISIONS = ("fp32", "bf16", "int8")
+from fastyolo.cfg import PRECISIONS  # the names live in fastyolo.cfg
 
 
 class Session(Protocol):

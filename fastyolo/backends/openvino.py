@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from fastyolo.backends.base import check_precision
@@ -21,6 +23,10 @@ def cpu_has_bf16() -> bool:
 
 
 class OpenVINOSession:
+    """Thread-safe: each thread gets its own infer request per batch size (an OpenVINO request runs
+    one inference at a time and raises 'Infer Request is busy' otherwise); compiling a new batch
+    size is serialised by a lock. Cost: one request (its output buffers) per calling thread."""
+
     name = "openvino"
 
     def __init__(self, model: ModelFile, precision: str, threads: int):
@@ -40,7 +46,8 @@ class OpenVINOSession:
             self.model = self.core.read_model(str(model.path))
         except Exception as exc:
             raise ModelError(f"OpenVINO cannot read {model.path}: {str(exc).splitlines()[0]}") from None
-        self._requests: dict[int, object] = {}
+        self._local = threading.local()  # .requests: batch -> this thread's infer request
+        self._lock = threading.Lock()
         self._compiled: dict[object, object] = {}  # batch -> latency model; ("throughput", batch) -> async model
         self.streams = 1
         self._compile(1)
@@ -49,12 +56,23 @@ class OpenVINOSession:
         self.threads = int(self._compiled[1].get_property("INFERENCE_NUM_THREADS"))
 
     def _compile(self, batch: int):
-        model = self.model.clone()
-        model.reshape({INPUT_NAME: [batch, 3, INPUT_SIZE, INPUT_SIZE]})
-        compiled = self.core.compile_model(model, "CPU", self.config)
-        self._compiled[batch] = compiled
-        self._requests[batch] = compiled.create_infer_request()
-        return self._requests[batch]
+        with self._lock:
+            compiled = self._compiled.get(batch)
+            if compiled is None:
+                model = self.model.clone()
+                model.reshape({INPUT_NAME: [batch, 3, INPUT_SIZE, INPUT_SIZE]})
+                compiled = self._compiled[batch] = self.core.compile_model(model, "CPU", self.config)
+        return compiled
+
+    def _request(self, batch: int):
+        """This thread's infer request for `batch` frames (made on first use)."""
+        requests = getattr(self._local, "requests", None)
+        if requests is None:
+            requests = self._local.requests = {}
+        request = requests.get(batch)
+        if request is None:
+            request = requests[batch] = self._compile(batch).create_infer_request()
+        return request
 
     def throughput_requests(self, batch: int, jobs: int | None = None) -> list:
         """Infer requests for batches of `batch` on a model compiled with the THROUGHPUT hint.
@@ -63,19 +81,19 @@ class OpenVINOSession:
         several requests run at once; `jobs` defaults to the plugin's optimal number of requests.
         """
         key = ("throughput", batch)
-        compiled = self._compiled.get(key)
-        if compiled is None:
-            model = self.model.clone()
-            model.reshape({INPUT_NAME: [batch, 3, INPUT_SIZE, INPUT_SIZE]})
-            config = {k: v for k, v in self.config.items() if k != "NUM_STREAMS"}
-            compiled = self.core.compile_model(model, "CPU", {**config, "PERFORMANCE_HINT": "THROUGHPUT"})
-            self._compiled[key] = compiled
+        with self._lock:
+            compiled = self._compiled.get(key)
+            if compiled is None:
+                model = self.model.clone()
+                model.reshape({INPUT_NAME: [batch, 3, INPUT_SIZE, INPUT_SIZE]})
+                config = {k: v for k, v in self.config.items() if k != "NUM_STREAMS"}
+                compiled = self.core.compile_model(model, "CPU", {**config, "PERFORMANCE_HINT": "THROUGHPUT"})
+                self._compiled[key] = compiled
         jobs = jobs or int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         self.streams = int(compiled.get_property("NUM_STREAMS"))
         return [compiled.create_infer_request() for _ in range(max(1, jobs))]
 
     def run(self, images: np.ndarray) -> np.ndarray:
-        batch = images.shape[0]
-        request = self._requests.get(batch) or self._compile(batch)
+        request = self._request(images.shape[0])
         request.infer({0: images}, share_inputs=True)
         return request.get_output_tensor(0).data.copy()

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from fastyolo.backends import BACKENDS, PRECISIONS
+from fastyolo import cfg
 from fastyolo.errors import FastYoloError
+from fastyolo.fileio import IMAGE_SUFFIXES, check_outputs, same_file, sigterm_as_interrupt
 from fastyolo.layout import CLASS_NAMES
-from fastyolo.sources import IMAGE_SUFFIXES
 from fastyolo.track import SMOOTHERS
 
 
@@ -32,12 +33,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     out.add_argument("--csv", help="one CSV row per detection ('-' for stdout)")
     p.add_argument("--track", action="store_true", help="give each object a track id across frames and smooth its box")
     p.add_argument("--smooth", default="kalman", choices=SMOOTHERS, help="with --track: box smoothing [kalman]")
-    p.add_argument("--conf", type=float, default=0.25, help="score threshold [0.25]")
-    p.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold [0.45]")
     p.add_argument("--classes", help=f"only these classes, comma-separated (of {','.join(CLASS_NAMES)})")
-    p.add_argument("--backend", default="auto", choices=("auto", *BACKENDS, "tensorrt"))
-    p.add_argument("--precision", default="fp32", choices=PRECISIONS)
-    p.add_argument("--threads", type=int, default=None, help="CPU threads [all cores]")
+    cfg.add_runtime_options(p)
     p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -58,81 +55,115 @@ def parse_classes(text: str | None) -> np.ndarray | None:
     return np.array(sorted(set(ids)), np.int32)
 
 
-def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+def _check(args: argparse.Namespace, source) -> None:
+    """Every option and output path, before the model is loaded or a frame is read."""
+    cfg.check_runtime_args(args, args.model)
+    cfg.check_at_least("--max-frames", args.max_frames, 1, optional=True)
+    inputs = [args.model, *source.paths]
+    outputs = [(f"--{name}", getattr(args, name)) for name in ("jsonl", "csv")]
+    if args.output is not None and source.kind != "images":
+        if args.output.suffix == "":
+            raise FastYoloError(f"{source.kind} output needs a video file name like {args.output}.mp4")
+        outputs.append(("-o", args.output))
+    check_outputs(outputs, inputs)
+    if args.output is not None and source.kind == "images":
+        for path in source.paths:
+            if same_file(args.output, path):
+                raise FastYoloError(f"-o {args.output} is the input {path}: choose another output path")
 
-    from fastyolo.detector import Detector
-    from fastyolo.draw import annotate
+
+def run(args: argparse.Namespace) -> int:
     from fastyolo.sources import open_source
-    from fastyolo.track import Tracker, detect_for_tracking
-    from fastyolo.writers import CsvSink, ImageSink, JsonlSink, VideoSink, refuse_overwrite
 
     keep = parse_classes(args.classes)
-    if args.max_frames is not None and args.max_frames < 1:
-        raise FastYoloError(f"--max-frames must be at least 1, got {args.max_frames}")
-    source = open_source(args.source)
-    video_sink = image_sink = table = bar = None
-    done = 0
-    started, interrupted = False, True
-    try:
-        images = source.kind == "images"
-        if args.output is not None:
-            if images:
-                image_sink = ImageSink(args.output, source.paths)
-            else:
-                refuse_overwrite(args.output, source.paths, "output")
-                if args.output.suffix == "":
-                    raise FastYoloError(f"{source.kind} output needs a video file name like {args.output}.mp4")
-        for text in (args.jsonl, args.csv):
-            if text and text != "-":
-                refuse_overwrite(Path(text), source.paths, "output")
-        detector = Detector(args.model, backend=args.backend, precision=args.precision, conf=args.conf,
-                            iou=args.iou, threads=args.threads)
-        tracker = Tracker(conf=detector.conf, fps=source.fps or 30.0, smooth=args.smooth) if args.track else None
-        if args.csv:
-            table = CsvSink(args.csv)
-        elif args.jsonl or args.output is None:
-            table = JsonlSink(args.jsonl or "-")
-        total = len(source) or None
-        if args.max_frames:
-            total = min(total or args.max_frames, args.max_frames)
-        bar = tqdm(total=total, desc="detect", unit="frame", disable=args.no_progress, dynamic_ncols=True)
-        started = True
-        for frame in source:
-            size = (frame.image.shape[1], frame.image.shape[0])
-            if tracker is None:
-                dets = detector.detect(frame.image)
-                dets = dets if keep is None else dets[np.isin(dets.class_ids, keep)]
-            else:
-                dets = detect_for_tracking(detector, frame.image)
-                dets = tracker.update(dets if keep is None else dets[np.isin(dets.class_ids, keep)], size)
-            if table is not None:
-                table.write(frame.index, dets, frame.path)
-            if image_sink is not None:
-                image_sink.write(annotate(frame.image, dets), frame.path)
-            elif args.output is not None:
-                if video_sink is None:  # sized by the first frame: the input's size, at its frame rate
-                    video_sink = VideoSink(args.output, source.fps or 30.0, size)
-                video_sink.write(annotate(frame.image, dets))
-            done += 1
-            bar.update(1)
-            if args.max_frames and done >= args.max_frames:
-                break
-        interrupted = False
-    finally:
-        for sink in (video_sink, image_sink, table):
-            if sink is not None:
-                sink.close()
-        if bar is not None:
-            bar.close()
-        source.close()
-        if started:  # an error before the first frame is reported by itself, in one line
-            _report(args, source, done, interrupted, video_sink)
-    if source.kind == "images" and done == 0:
+    with contextlib.ExitStack() as stack:
+        source = stack.enter_context(open_source(args.source))
+        _check(args, source)
+        stack.enter_context(sigterm_as_interrupt())  # kill/timeout/docker stop: finish the video as on Ctrl-C
+        run = _Run(args, source, keep)
+        stack.callback(run.report)  # registered before the sinks, so it runs after they close (LIFO)
+        run.open(stack)
+        run.loop()
+    if source.kind == "images" and run.done == 0:
         raise FastYoloError(f"none of the {len(source)} files could be read as an image")
-    if done == 0:
+    if run.done == 0:
         raise FastYoloError(f"no frame could be decoded from {source.name} (corrupt, or an unsupported codec)")
     return 0
+
+
+class _Run:
+    """One detect run: the detector, the tracker and the sinks, and how far it got."""
+
+    def __init__(self, args: argparse.Namespace, source, keep: np.ndarray | None):
+        self.args, self.source, self.keep = args, source, keep
+        self.video_sink = self.image_sink = self.table = None
+        self.done, self.started, self.interrupted, self.limited = 0, False, True, False
+
+    def open(self, stack: contextlib.ExitStack) -> None:
+        from tqdm import tqdm
+
+        from fastyolo.detector import Detector
+        from fastyolo.track import Tracker
+        from fastyolo.writers import CsvSink, ImageSink, JsonlSink
+
+        args = self.args
+        if args.output is not None and self.source.kind == "images":
+            self.image_sink = stack.enter_context(ImageSink(args.output, self.source.paths))
+        self.detector = Detector(args.model, backend=args.backend, precision=args.precision, conf=args.conf,
+                                 iou=args.iou, threads=args.threads)
+        self.tracker = (Tracker(conf=self.detector.conf, fps=self.source.fps or 30.0, smooth=args.smooth)
+                        if args.track else None)
+        if args.csv:
+            self.table = stack.enter_context(CsvSink(args.csv))
+        elif args.jsonl or args.output is None:
+            self.table = stack.enter_context(JsonlSink(args.jsonl or "-"))
+        total = len(self.source) or None
+        if args.max_frames:
+            total = min(total or args.max_frames, args.max_frames)
+        self.bar = stack.enter_context(tqdm(total=total, desc="detect", unit="frame", disable=args.no_progress,
+                                            dynamic_ncols=True))
+        self.stack = stack
+        self.started = True
+
+    def detections(self, image: np.ndarray):
+        from fastyolo.track import detect_for_tracking
+
+        if self.tracker is None:
+            dets = self.detector.detect(image)
+            return dets if self.keep is None else dets[np.isin(dets.class_ids, self.keep)]
+        dets = detect_for_tracking(self.detector, image)
+        dets = dets if self.keep is None else dets[np.isin(dets.class_ids, self.keep)]
+        return self.tracker.update(dets, (image.shape[1], image.shape[0]))
+
+    def loop(self) -> None:
+        from fastyolo.draw import annotate
+        from fastyolo.writers import VideoSink
+
+        args = self.args
+        for frame in self.source:
+            dets = self.detections(frame.image)
+            if self.table is not None:
+                self.table.write(frame.index, dets, frame.source)
+            if self.image_sink is not None:
+                self.image_sink.write(annotate(frame.image, dets), frame.path)
+            elif args.output is not None:
+                if self.video_sink is None:  # sized by the first frame: the input's size, at its frame rate
+                    size = (frame.image.shape[1], frame.image.shape[0])
+                    self.video_sink = self.stack.enter_context(VideoSink(args.output, self.source.fps or 30.0, size))
+                self.video_sink.write(annotate(frame.image, dets))
+            self.done += 1
+            self.bar.update(1)
+            if args.max_frames and self.done >= args.max_frames:
+                self.limited = True
+                break
+        self.interrupted = False
+
+    def report(self) -> None:
+        if self.started:  # an error before the first frame is reported by itself, in one line
+            _report(self.args, self.source, self.done, self.interrupted, self.video_sink)
+            note = None if self.interrupted or self.limited else getattr(self.source, "truncated", lambda: None)()
+            if note:
+                print(f"warning: {note}", file=sys.stderr)
 
 
 def _report(args, source, done: int, interrupted: bool, video_sink) -> None:

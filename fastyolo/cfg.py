@@ -1,0 +1,86 @@
+"""Runtime defaults and the command-line options `bench`, `detect` and `eval` share, with one validation.
+
+Like Ultralytics' cfg/default.yaml + check_cfg: every default lives here, every command adds the
+shared options with `add_runtime_options` and checks them with `check_runtime_args` before any
+work starts, so `--conf 2`, `--threads -3`, `--backend onnxruntime --precision bf16` or
+`--backend tensorrt` with an .onnx fail the same way (one line, exit code 2) in each command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from fastyolo.errors import UsageError
+
+CONF = 0.25  # score threshold of a detection
+IOU = 0.45  # NMS IoU threshold
+TOP_K = 100  # most detections per frame (COCO counts at most 100)
+MAP_CONF = 0.01  # mAP integrates over every threshold: evaluation keeps boxes down to this score
+CPU_BACKENDS = ("openvino", "onnxruntime")
+BACKENDS = ("auto", *CPU_BACKENDS, "tensorrt")
+PRECISIONS = ("fp32", "bf16", "int8")  # what a CPU Detector can be asked to run
+ENGINE_SUFFIXES = (".plan", ".engine")
+
+
+def add_runtime_options(p: argparse.ArgumentParser, *, conf: float = CONF, iou: float = IOU,
+                        precision_help: str | None = None) -> None:
+    """--backend, --precision, --threads, --conf, --iou with this module's defaults."""
+    p.add_argument("--backend", default="auto", choices=BACKENDS,
+                   help="auto (OpenVINO for an .onnx, TensorRT for a .plan), openvino, onnxruntime, tensorrt [auto]")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help=precision_help or "fp32; bf16 (OpenVINO, where the CPU has it); int8 (a Q/DQ model) [fp32]")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for every library [all cores]")
+    p.add_argument("--conf", type=float, default=conf, help=f"score threshold [{conf}]")
+    p.add_argument("--iou", type=float, default=iou, help=f"NMS IoU threshold [{iou}]")
+
+
+def check_fraction(name: str, value: float) -> float:
+    if not 0.0 <= value <= 1.0:  # also False for NaN
+        raise UsageError(f"{name} must be between 0 and 1 (thresholds are fractions), got {value}")
+    return float(value)
+
+
+def check_at_least(name: str, value: int | float | None, minimum: int | float, *, optional: bool = False):
+    if value is None and optional:
+        return None
+    if value is None or not value >= minimum:
+        raise UsageError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def check_runtime(*, model: str | os.PathLike | None, backend: str, precision: str, conf: float, iou: float,
+                  threads: int | None, top_k: int = TOP_K, flag: bool = True) -> None:
+    """Raise UsageError in one line when the runtime options are out of range or do not fit together.
+
+    `flag` names them as command-line options (--conf) rather than keyword arguments (conf).
+    """
+    def name(n: str) -> str:
+        return f"--{n.replace('_', '-')}" if flag else n
+
+    check_fraction(name("conf"), conf)
+    check_fraction(name("iou"), iou)
+    check_at_least(name("threads"), threads, 1, optional=True)
+    check_at_least(name("top_k"), top_k, 1)
+    if backend not in BACKENDS:
+        raise UsageError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    engine = model is not None and Path(model).suffix.lower() in ENGINE_SUFFIXES
+    if precision not in PRECISIONS and not engine:  # an engine's precision is checked by the TensorRT runtime
+        raise UsageError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if backend == "onnxruntime" and precision == "bf16":
+        raise UsageError(f"bf16 runs on OpenVINO only: use {name('backend')} openvino (or {name('precision')} fp32)")
+    if model is None:
+        return
+    if backend == "tensorrt" and not engine:
+        raise UsageError(f"{name('backend')} tensorrt runs a TensorRT engine (.plan), not {Path(model).name}: "
+                         "build one with 'fastyolo build-engine MODEL.onnx -o engine.plan'")
+    if engine and backend in CPU_BACKENDS:
+        raise UsageError(f"{Path(model).name} is a TensorRT engine: {name('backend')} must be auto or tensorrt, "
+                         f"not {backend}")
+
+
+def check_runtime_args(args: argparse.Namespace, model: str | os.PathLike | None = None) -> None:
+    """check_runtime on the options `add_runtime_options` added (model: the file that will run, if known)."""
+    check_runtime(model=model, backend=args.backend, precision=args.precision, conf=args.conf, iou=args.iou,
+                  threads=args.threads)

@@ -1,0 +1,301 @@
+"""One place for file input and output: suffixes, output checks, atomic writes, frame readers.
+
+Outputs:
+
+- `check_outputs(outputs, inputs)` is called before any work starts: every output is compared
+  with every input after resolving links (so `-o model.onnx` can never replace `model.onnx`,
+  nor a symlink to it), and its folder is created and probed with a real temporary file, so a
+  read-only folder, a path under a regular file or /proc fails in one line (`OutputError`)
+  instead of a traceback after the work is done.
+- `atomic_write(path)` / `atomic_path(path)` write to a temporary file beside `path` and rename
+  it over `path` only when the write succeeded, so a failure or a kill never leaves half a file;
+  the file gets the mode a plain `open()` would give it (0666 minus the process umask), not
+  mkstemp's 0600.
+
+Frames: `read_image` (never raises: unreadable files are skipped by callers), `image_paths`,
+`VideoReader` (optionally looping), `sample_frames` (frames spread evenly over a folder or a video,
+for calibration and checks) and `sample_video` (the bundled real highway clip).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import threading
+from collections.abc import Iterable, Iterator
+from importlib import resources
+from pathlib import Path
+from typing import IO
+
+import cv2
+import numpy as np
+
+from fastyolo.errors import FastYoloError, OutputError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".avi", ".mkv", ".mov", ".webm")
+
+_UMASK_LOCK = threading.Lock()
+
+
+# ---------------------------------------------------------------------------------------------- outputs
+
+
+def _key(path: str | os.PathLike) -> Path:
+    """A path with every link resolved (the file itself if it exists, else where it would be created)."""
+    return Path(os.path.realpath(os.path.expanduser(os.fspath(path))))
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths name the same file (links resolved; hard links compared by inode)."""
+    if _key(a) == _key(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_writable(path: str | os.PathLike, what: str = "output") -> Path:
+    """Create `path`'s folder and prove a file can be written there; raise OutputError in one line if not.
+
+    `path` must not be an existing folder. Nothing is left behind except the created folders.
+    """
+    path = Path(os.path.expanduser(os.fspath(path)))
+    if path.is_dir():
+        raise OutputError(f"{what} {path} is a folder: give a file name")
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=parent).close()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        if isinstance(exc, (FileExistsError, NotADirectoryError)):
+            reason = "a file is in the way where a folder is needed"
+        raise OutputError(f"cannot write {what} {path}: {reason} (choose a writable location)") from None
+    return path
+
+
+def check_outputs(
+    outputs: Iterable[tuple[str, str | os.PathLike | None]], inputs: Iterable[str | os.PathLike | None]
+) -> None:
+    """Before any work: no output may be an input (links resolved), two outputs may not be one file,
+    and every output must be writable.
+
+    outputs: (what, path) pairs such as ("--json", args.json); None paths and "-" (stdout) are skipped.
+    inputs: every file the command reads (model, checkpoint, labels, video, images, ...).
+    Raises OutputError naming the option and the input it would replace.
+    """
+    given = [(what, Path(os.fspath(p))) for what, p in outputs if p is not None and os.fspath(p) != "-"]
+    sources = [Path(os.fspath(p)) for p in inputs if p is not None and os.fspath(p) != "-"]
+    for what, out in given:
+        for src in sources:
+            if same_file(out, src):
+                raise OutputError(f"{what} {out} is the input {src}: it would be overwritten, choose another path")
+    seen: dict[Path, str] = {}
+    for what, out in given:
+        key = _key(out)
+        if key in seen:
+            raise OutputError(f"{what} and {seen[key]} are the same file {out}: give each its own path")
+        seen[key] = what
+    for what, out in given:
+        check_writable(out, what)
+
+
+def file_mode() -> int:
+    """The mode `open(path, "w")` gives a new file: 0o666 minus the process umask."""
+    with _UMASK_LOCK:  # the only way to read the umask is to set it
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return 0o666 & ~mask
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path` to write (onnx.save_model, torch.save, ...); on success it
+    replaces `path` in one rename with the umask's mode, on any error it is removed and `path` is untouched.
+
+    >>> with atomic_path("model.onnx") as tmp:
+    ...     onnx.save_model(proto, tmp)
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(partial)
+    try:
+        yield tmp
+        os.chmod(tmp, file_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> Iterator[IO]:
+    """`open(path, mode)` that only replaces `path` when the block finishes without an error.
+
+    >>> with atomic_write("eval.json") as f:
+    ...     json.dump(result, f)
+    """
+    if not mode.startswith("w"):
+        raise ValueError(f"atomic_write writes a whole file: mode must start with 'w', not {mode!r}")
+    if "b" not in mode:
+        open_kwargs.setdefault("encoding", "utf-8")
+    with atomic_path(path) as tmp, open(tmp, mode, **open_kwargs) as stream:
+        yield stream
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Atomically write `text` to `path` (UTF-8), with the umask's mode."""
+    with atomic_write(path) as stream:
+        stream.write(text)
+    return Path(path)
+
+
+# ---------------------------------------------------------------------------------------------- frames
+
+
+def sample_video() -> Path:
+    """The bundled real highway clip (Udacity CarND, MIT)."""
+    return Path(str(resources.files("fastyolo") / "data" / "highway_clip.mp4"))
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray | str:
+    """The image as BGR uint8, or the reason it cannot be read (no exception: callers skip it)."""
+    try:
+        data = np.fromfile(path, np.uint8)  # imdecode: no OpenCV warnings on stderr, any path encoding
+    except OSError as exc:
+        return f"cannot read: {exc.strerror or exc}"
+    if data.size == 0:
+        return "empty file"
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR)  # grey, 16-bit and alpha images come out as 8-bit BGR
+    if image is None:
+        return "not an image OpenCV can decode"
+    return image
+
+
+def image_paths(folder: str | os.PathLike, *, recursive: bool = False) -> list[Path]:
+    """The image files (IMAGE_SUFFIXES, any case) in `folder`, sorted; with `recursive`, in its subfolders too."""
+    folder = Path(folder)
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in found if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def _quiet_capture(target: str | int) -> cv2.VideoCapture:
+    """VideoCapture without OpenCV's multi-line backend warnings: our own error says what failed."""
+    log = cv2.utils.logging
+    level = log.getLogLevel()
+    log.setLogLevel(log.LOG_LEVEL_SILENT)
+    try:
+        return cv2.VideoCapture(target)
+    finally:
+        log.setLogLevel(level)
+
+
+class VideoReader:
+    """Frames of a video file in order, looping back to the start when `loop` is set."""
+
+    def __init__(self, path: str | os.PathLike, loop: bool = True):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FastYoloError(f"video not found: {self.path}")
+        self.capture = _quiet_capture(str(self.path))
+        if not self.capture.isOpened():
+            self.capture.release()
+            raise FastYoloError(f"OpenCV cannot open {self.path} as a video (corrupt, or an unsupported codec)")
+        self.loop = loop
+        self.frame_count = int(self.capture.get(cv2.CAP_PROP_FRAME_COUNT))
+        self.fps = float(self.capture.get(cv2.CAP_PROP_FPS)) or 25.0
+
+    def read(self) -> np.ndarray | None:
+        ok, frame = self.capture.read()
+        if not ok and self.loop:
+            self.rewind()
+            ok, frame = self.capture.read()
+        if not ok:
+            return None
+        return frame
+
+    def seek(self, index: int) -> None:
+        self.capture.set(cv2.CAP_PROP_POS_FRAMES, index)
+
+    def rewind(self) -> None:
+        self.seek(0)
+
+    def close(self) -> None:
+        self.capture.release()
+
+    def __enter__(self) -> VideoReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def spread(count: int, limit: int) -> list[int]:
+    """`limit` indices spread evenly over range(count) (all of them if there are fewer)."""
+    if count <= limit:
+        return list(range(count))
+    return sorted({int(i) for i in np.linspace(0, count - 1, limit)})
+
+
+def sample_frames(source: str | os.PathLike, limit: int) -> list[np.ndarray]:
+    """Up to `limit` real BGR frames spread evenly over a folder of images (searched recursively) or a video."""
+    source = Path(source)
+    if limit < 1:
+        raise ValueError(f"need at least 1 frame, got limit={limit}")
+    if source.is_dir():
+        paths = image_paths(source, recursive=True)
+        if not paths:
+            raise FastYoloError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {source}: point it at real frames")
+        frames = []
+        for i in spread(len(paths), limit):
+            frame = read_image(paths[i])
+            if isinstance(frame, str):
+                raise FastYoloError(f"cannot read {paths[i]} as an image ({frame}): remove it from the folder")
+            frames.append(frame)
+        return frames
+    if source.is_file() and source.suffix.lower() in VIDEO_SUFFIXES:
+        with VideoReader(source, loop=False) as reader:
+            wanted = set(spread(reader.frame_count, limit))
+            frames = []
+            for index in range(reader.frame_count):
+                frame = reader.read()
+                if frame is None:
+                    break
+                if index in wanted:
+                    frames.append(frame)
+        if not frames:
+            raise FastYoloError(f"OpenCV decoded no frame of {source}: give a folder of images instead")
+        return frames
+    raise FastYoloError(f"{source} is neither a folder of images nor a video file ({', '.join(VIDEO_SUFFIXES)})")
+
+
+# ---------------------------------------------------------------------------------------------- signals
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, timeout, docker stop) turned into an interrupt, so outputs are closed as on Ctrl-C."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block SIGTERM raises `Terminated` (a KeyboardInterrupt) in the main thread, so the
+    `finally` blocks that finalise videos and close files run; the previous handler comes back after."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
