@@ -1,19 +1,26 @@
 """numba.cuda decode + NMS (and input normalisation) for the GPU; same semantics as `reference.decode_nms_reference`.
 
-One block of THREADS threads per image, one thread per candidate box:
+One block of THREADS threads per image, one thread per candidate box, five barriers in all:
 
 1. decode: thread t decodes box t (cell t // BOXES, slot t % BOXES) into shared memory;
 2. rank by counting: rank = #candidates with a higher score + #equal-score candidates with a
    lower index, which is the reference's stable order, computed in parallel without a sort;
-3. greedy NMS over the ranks: the block walks the ranks in order; when rank r is kept, every
-   thread tests its own (later) rank against it in parallel, so the result is exactly the
-   sequential greedy one;
-4. compaction: the block reserves `kept` rows of one shared output with an atomic add, so the
+3. suppression bitmasks (the form of torchvision's CUDA `nms` and TensorRT's EfficientNMS): for
+   each rank r and each 64-rank tile w, one 64-bit word whose bit q says "rank w*64+q comes
+   after r, has r's class and IoU(r, it) > iou_threshold"; the (rank, tile) words are spread
+   over the block's threads, so every IoU of the image is computed once, in parallel;
+4. greedy walk: one thread walks the ranks in order over TILES words of "removed" bits, jumping
+   straight to the next live rank (lowest set bit); a kept rank ORs its words into "removed".
+   This is exactly the sequential greedy result (a rank is kept iff no earlier kept rank of its
+   class overlaps it), with no barrier per kept box;
+5. compaction: the block reserves `kept` rows of one shared output with an atomic add, so the
    host copies back a small header and only the kept rows, whatever the batch.
 
-NVVM contracts a * b + c into one fused multiply-add by default (one rounding instead of
-two), which would make boxes and IoUs differ from numpy in the last bit; the products that
-feed an addition go through `_mul_rn`/`_dmul_rn` (libdevice's never-fused multiplies) instead.
+Every floating-point multiply goes through `_mul_rn`/`_dmul_rn` (libdevice's `__fmul_rn`/
+`__dmul_rn`, PTX `mul.rn`): NVVM and ptxas may contract a plain `a * b` and the add after it
+(e.g. `cx - 0.5 * bw`) into one FMA, one rounding instead of numpy's two, and the boxes would
+differ from the reference in the last bit on hardware (seen on an H200: 91 of 4,818 images). The
+simulator never fuses, so tests/test_cuda_kernels.py also reads the PTX for plain multiplies.
 Under NUMBA_ENABLE_CUDASIM=1 (tests without a GPU) they are plain numpy-scalar multiplies.
 """
 
@@ -23,9 +30,21 @@ import math
 import warnings
 
 import numpy as np
-from numba import cuda, float32, float64, int32, uint8
 
-from fastyolo.layout import (
+
+def _restore_row_stack() -> None:
+    """numba-cuda 0.30 registers an overload of `np.row_stack`, which numpy 2.5 removed: its target
+    registry then fails with AttributeError on the first compile. `row_stack` was an alias of
+    `vstack`; restoring the alias (only where it is missing) before numba.cuda compiles anything is
+    the one workaround, and every GPU module imports this one first."""
+    vars(np).setdefault("row_stack", np.vstack)  # through vars(): numpy >= 2.5's __getattr__ would raise
+
+
+_restore_row_stack()
+
+from numba import cuda, float32, float64, int32, uint8, uint64  # noqa: E402 - after the numpy shim
+
+from fastyolo.layout import (  # noqa: E402
     BOX_OFFSET,
     BOX_VALUES,
     BOXES,
@@ -44,8 +63,11 @@ SIMULATOR = bool(cuda.config.ENABLE_CUDASIM)
 # warns about any grid under 128 blocks, which would be every frame.
 warnings.filterwarnings("ignore", message=r"Grid size \d+ will likely result in GPU under-utilization")
 THREADS = 32 * ((MAX_BOXES + 31) // 32)  # one thread per candidate box, whole warps
+TILE = 64  # ranks per suppression word
+TILES = (MAX_BOXES + TILE - 1) // TILE  # 4 words cover the 242 candidates
 ROW_VALUES = 6  # a kept box on the way back: x1, y1, x2, y2, score, class id (exact as float32)
 NORMALIZE_THREADS = 256
+_ALL_BITS = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 if SIMULATOR:
 
@@ -62,6 +84,7 @@ else:
 
 @cuda.jit(device=True, inline=True)
 def _iou(boxes, areas, i, j):
+    """IoU of boxes i (the earlier, kept one: the reference's `area + areas`) and j."""
     iw = min(boxes[i, 2], boxes[j, 2]) - max(boxes[i, 0], boxes[j, 0])
     ih = min(boxes[i, 3], boxes[j, 3]) - max(boxes[i, 1], boxes[j, 1])
     if not (iw > 0.0 and ih > 0.0):
@@ -84,8 +107,10 @@ def decode_nms_kernel(grids, sizes, conf_threshold, iou_threshold, top_k, rows, 
     classes = cuda.shared.array(MAX_BOXES, int32)
     candidate = cuda.shared.array(MAX_BOXES, uint8)
     order = cuda.shared.array(MAX_BOXES, int32)  # order[rank] = box index
-    suppressed = cuda.shared.array(MAX_BOXES, uint8)  # by rank
+    masks = cuda.shared.array((MAX_BOXES, TILES), uint64)  # masks[rank, tile]: ranks it suppresses
+    removed = cuda.shared.array(TILES, uint64)  # the walk's state, by rank
     kept = cuda.shared.array(MAX_BOXES, int32)  # kept box indices, best first
+    shared_count = cuda.shared.array(1, int32)
     offset = cuda.shared.array(1, int32)
 
     image = cuda.blockIdx.x
@@ -94,7 +119,7 @@ def decode_nms_kernel(grids, sizes, conf_threshold, iou_threshold, top_k, rows, 
     width = sizes[image, 0]
     height = sizes[image, 1]
 
-    # 1. decode box t
+    # 1. decode box t (every multiply rounded on its own, as numpy does)
     if t < MAX_BOXES:
         cell = t // BOXES
         slot = t - cell * BOXES
@@ -107,25 +132,26 @@ def decode_nms_kernel(grids, sizes, conf_threshold, iou_threshold, top_k, rows, 
             if p > best:
                 best = p
                 best_class = c
-        score = grids[image, row, col, CONF_OFFSET + slot] * best  # float32, as the reference
+        score = _mul_rn(grids[image, row, col, CONF_OFFSET + slot], best)  # float32, as the reference
         base = BOX_OFFSET + BOX_VALUES * slot
-        cx = (col + np.float64(grids[image, row, col, base])) / GRID * width
-        cy = (row + np.float64(grids[image, row, col, base + 1])) / GRID * height
-        bw = np.float64(grids[image, row, col, base + 2]) * width
-        bh = np.float64(grids[image, row, col, base + 3]) * height
-        x1 = min(max(cx - 0.5 * bw, 0.0), width)
-        y1 = min(max(cy - 0.5 * bh, 0.0), height)
-        x2 = min(max(cx + 0.5 * bw, 0.0), width)
-        y2 = min(max(cy + 0.5 * bh, 0.0), height)
+        cx = _dmul_rn((col + float64(grids[image, row, col, base])) / GRID, width)
+        cy = _dmul_rn((row + float64(grids[image, row, col, base + 1])) / GRID, height)
+        half_w = _dmul_rn(0.5, _dmul_rn(float64(grids[image, row, col, base + 2]), width))
+        half_h = _dmul_rn(0.5, _dmul_rn(float64(grids[image, row, col, base + 3]), height))
+        x1 = min(max(cx - half_w, 0.0), width)
+        y1 = min(max(cy - half_h, 0.0), height)
+        x2 = min(max(cx + half_w, 0.0), width)
+        y2 = min(max(cy + half_h, 0.0), height)
         boxes[t, 0] = x1
         boxes[t, 1] = y1
         boxes[t, 2] = x2
         boxes[t, 3] = y2
-        areas[t] = (x2 - x1) * (y2 - y1)
+        areas[t] = _dmul_rn(x2 - x1, y2 - y1)
         scores[t] = score
         classes[t] = best_class
         candidate[t] = 1 if score >= conf_threshold else 0
-        suppressed[t] = 0
+    if t < TILES:
+        removed[t] = uint64(0)
     cuda.syncthreads()
 
     # 2. stable rank by counting; every thread also counts the candidates
@@ -142,29 +168,49 @@ def decode_nms_kernel(grids, sizes, conf_threshold, iou_threshold, top_k, rows, 
         order[rank] = t
     cuda.syncthreads()
 
-    # 3. greedy NMS: every thread holds the same `count`, so the branches are uniform
-    count = 0
-    for r in range(n):
-        if count >= top_k:
-            break
-        if suppressed[r] == 0:
-            index = order[r]
-            if t > r and t < n and suppressed[t] == 0:
-                other = order[t]
-                if classes[other] == classes[index] and _iou(boxes, areas, index, other) > iou_threshold:
-                    suppressed[t] = 1
-            if t == 0:
-                kept[count] = index
-            count += 1
-            cuda.syncthreads()  # only a kept rank writes `suppressed`, so only then is a barrier needed
+    # 3. one 64-bit suppression word per (rank, tile), the words spread over the threads
+    n_tiles = (n + TILE - 1) // TILE
+    for item in range(t, n * n_tiles, THREADS):
+        r = item // n_tiles
+        w = item - r * n_tiles
+        bits = uint64(0)
+        first = max(w * TILE, r + 1)  # only later ranks: a word wholly before r stays 0
+        last = min(w * TILE + TILE, n)
+        if first < last:
+            i = order[r]
+            for q in range(first, last):
+                j = order[q]
+                if classes[j] == classes[i] and _iou(boxes, areas, i, j) > iou_threshold:
+                    bits |= uint64(1) << uint64(q - w * TILE)
+        masks[r, w] = bits
+    cuda.syncthreads()
 
-    # 4. reserve rows in the shared output and write the kept boxes in parallel
+    # 4. the greedy walk, one thread, no barrier: jump to the lowest live rank, keep it, OR its words
     if t == 0:
-        start = cuda.atomic.add(header, 0, count)
-        offset[0] = start
-        header[1 + image] = start
+        count = 0
+        w = 0
+        while w < n_tiles and count < top_k:
+            left = n - w * TILE
+            valid = _ALL_BITS if left >= TILE else (uint64(1) << uint64(left)) - uint64(1)
+            live = ~removed[w] & valid
+            if live == uint64(0):
+                w += 1
+                continue
+            low = live & (~live + uint64(1))  # the lowest set bit alone
+            r = w * TILE + int32(cuda.popc(low - uint64(1)))
+            kept[count] = order[r]
+            count += 1
+            removed[w] |= low
+            for v in range(w, n_tiles):
+                removed[v] |= masks[r, v]
+        shared_count[0] = count
+        offset[0] = cuda.atomic.add(header, 0, count)
+        header[1 + image] = offset[0]
         header[1 + n_images + image] = count
     cuda.syncthreads()
+
+    # 5. write the kept boxes in parallel into the rows reserved above
+    count = shared_count[0]
     if t < count:
         index = kept[t]
         out = offset[0] + t
@@ -251,6 +297,7 @@ def normalize_cuda(rgb: np.ndarray) -> np.ndarray:
 
 __all__ = [
     "INPUT_SIZE",
+    "TILES",
     "ROW_VALUES",
     "THREADS",
     "decode_nms_batch_cuda",

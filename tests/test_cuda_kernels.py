@@ -4,12 +4,16 @@ numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1) runs the kernels thread by threa
 it is process-global and must be chosen before numba.cuda is imported, so the simulated tests
 run in a child pytest process (`test_kernels_under_simulator` starts it); in this process they
 are skipped. The PTX tests compile the same kernels with NVVM, which type-checks what the
-simulator cannot. The simulator is slow (about 20 ms per barrier): examples are few and small.
+simulator cannot, and read the PTX for what the simulator cannot show: a plain multiply that
+ptxas could fuse with the add after it (the simulator never fuses; real hardware did). The
+simulator is slow (a call is about half a second): examples are few and small.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -23,8 +27,11 @@ in_simulator = pytest.mark.skipif(not SIMULATED, reason="runs in the CUDA-simula
 
 
 @pytest.mark.skipif(SIMULATED, reason="this starts the simulator run")
-def test_kernels_under_simulator():
+def test_kernels_under_simulator(request):
     env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
+    # real network outputs for the child: the untrained ResNet-18 ONNX (needs torch to export once)
+    with contextlib.suppress(pytest.skip.Exception):
+        env["FASTYOLO_TEST_ONNX"] = str(request.getfixturevalue("untrained_r18"))
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", __file__, "-q", "-x", "-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning"],
         env=env, capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1],
@@ -73,10 +80,10 @@ if SIMULATED:
     from hypothesis import strategies as st
 
     @in_simulator
-    @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(
         seed=st.integers(0, 2**32 - 1),
-        n=st.integers(1, 2),
+        n=st.integers(1, 3),
         mode=st.sampled_from(["uniform", "coarse", "sparse", "wide"]),
         conf=st.sampled_from([0.0, 0.05, 0.25, 0.5]),
         iou=st.sampled_from([0.0, 0.3, 0.45, 1.0]),
@@ -87,6 +94,51 @@ if SIMULATED:
         grids = _random_grids(rng, n, mode)
         sizes = np.stack([rng.integers(1, 2000, n), rng.integers(1, 1200, n)], axis=1).astype(np.float64)
         _compare(grids, sizes, conf, iou, top_k)
+
+
+@pytest.fixture(scope="module")
+def real_grids(kitti_images) -> tuple[np.ndarray, np.ndarray]:
+    """The untrained ResNet-18's outputs on 12 real KITTI frames (onnxruntime), with the frames' sizes."""
+    path = os.environ.get("FASTYOLO_TEST_ONNX")
+    if not path:
+        pytest.skip("no ONNX handed to the simulator child (torch missing to export it)")
+    import cv2
+    import onnxruntime as ort
+
+    from fastyolo.layout import INPUT_NAME, OUTPUT_NAME
+    from fastyolo.preprocess import preprocess
+
+    frames = [cv2.imread(str(p)) for p in kitti_images[:12]]
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    grids = session.run([OUTPUT_NAME], {INPUT_NAME: preprocess(frames)})[0]
+    sizes = np.array([(f.shape[1], f.shape[0]) for f in frames], np.float64)
+    return grids, sizes
+
+
+if SIMULATED:
+
+    @in_simulator
+    @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                     HealthCheck.function_scoped_fixture])
+    @given(
+        start=st.integers(0, 11),
+        n=st.integers(1, 3),
+        conf=st.sampled_from([0.0, 0.05, 0.25, 0.4]),
+        iou=st.sampled_from([0.0, 0.3, 0.45, 0.7]),
+        top_k=st.sampled_from([1, 5, 100, 242]),
+        scale=st.sampled_from([1.0, 0.5, 3.7]),
+    )
+    def test_decode_nms_matches_reference_on_real_outputs(real_grids, start, n, conf, iou, top_k, scale):
+        grids, sizes = real_grids
+        pick = [(start + i) % len(grids) for i in range(n)]
+        _compare(grids[pick], sizes[pick] * scale, conf, iou, top_k)
+
+
+@in_simulator
+def test_real_outputs_every_frame(real_grids):
+    grids, sizes = real_grids
+    kept = _compare(grids, sizes, 0.1, 0.45, 100)  # an untrained network's scores are low (~0.1-0.3)
+    assert sum(kept) > 0  # the comparison is not vacuous
 
 
 @in_simulator
@@ -134,6 +186,23 @@ def test_zero_area_boxes():
 
 
 @in_simulator
+@pytest.mark.parametrize("candidates", [63, 64, 65, 128, 129, 192, 241])
+def test_candidate_counts_at_tile_edges(candidates):
+    """n candidates exactly at and around the 64-rank words: the last word's valid bits and the walk's word jumps."""
+    from fastyolo.layout import BOX_OFFSET, BOXES, CONF_OFFSET, GRID, MAX_BOXES
+
+    rng = np.random.default_rng(candidates)
+    grids = _random_grids(rng, 1, "uniform")
+    grids[..., :CONF_OFFSET] = rng.random((1, GRID, GRID, CONF_OFFSET), dtype=np.float32) * 0.5 + 0.5
+    conf = np.zeros(MAX_BOXES, np.float32)
+    conf[rng.choice(MAX_BOXES, candidates, replace=False)] = 1.0  # scores >= 0.5 exactly for these boxes
+    grids[..., CONF_OFFSET:BOX_OFFSET] = conf.reshape(1, GRID, GRID, BOXES)
+    for iou in (0.0, 0.3, 1.0):
+        kept = _compare(grids, np.array([[960.0, 540.0]]), 0.5, iou, MAX_BOXES)
+        assert kept[0] == candidates if iou == 1.0 else 0 < kept[0] <= candidates
+
+
+@in_simulator
 def test_batch_layout_with_mixed_sizes():
     rng = np.random.default_rng(4)
     grids = _random_grids(rng, 3, "sparse")
@@ -163,8 +232,13 @@ def test_normalize_matches_host(kitti_images):
 # ---------------------------------------------------------------- real NVVM: PTX for two architectures
 
 
+# A multiply that ptxas may contract with an add into one FMA: `mul.f32`/`mul.f64` without `.rn`,
+# or an FMA/MAD already in the PTX. Integer multiplies (`mul.lo.s32`, `mad.lo.s64`) do not round.
+PLAIN_FLOAT_MULTIPLY = re.compile(r"\b(?:mul(?:\.(?:ftz|sat))*\.f(?:16|32|64)|fma\.[\w.]*|mad\.(?:rn\.)?f\w*)\b")
+
+
 @pytest.mark.skipif(SIMULATED, reason="NVVM is not used under the simulator")
-@pytest.mark.parametrize("cc", [(7, 5), (9, 0)])
+@pytest.mark.parametrize("cc", [(7, 5), (8, 0), (9, 0)])
 def test_kernels_compile_to_ptx(cc):
     pytest.importorskip("numba_cuda", reason="compiling PTX needs the [cuda] extra (numba-cuda)")
     from fastyolo.gpu.ptx import assemble, compile_kernels_ptx
@@ -173,12 +247,60 @@ def test_kernels_compile_to_ptx(cc):
     arch = f"sm_{cc[0]}{cc[1]}"
     for name, text in ptx.items():
         assert f".target {arch}" in text and ".entry" in text and name in text
-    # The IoU intersection is a never-fused multiply, so the union is rounded as numpy rounds it.
-    assert "mul.rn.f64" in ptx["decode_nms_kernel"]
+        # Every float multiply is the never-fused `mul.rn`, so boxes, areas, IoUs and normalised
+        # pixels are rounded as numpy rounds them, on any GPU.
+        assert PLAIN_FLOAT_MULTIPLY.findall(text) == [], name
+    assert "mul.rn.f64" in ptx["decode_nms_kernel"] and "mul.rn.f32" in ptx["decode_nms_kernel"]
     assert "mul.rn.f32" in ptx["normalize_kernel"]
+    barriers = ptx["decode_nms_kernel"].count("bar.sync")
+    assert 0 < barriers <= 5  # a fixed number of barriers, none per kept box
     if shutil.which("ptxas") is None:
         pytest.skip("ptxas not on PATH: PTX compiled, not assembled")
     for text in ptx.values():
         figures = assemble(text, arch)
         assert figures["registers"] > 0
         assert figures["spill_stores"] == 0 and figures["spill_loads"] == 0
+
+
+@pytest.mark.skipif(SIMULATED, reason="NVVM is not used under the simulator")
+def test_plain_multiply_pattern():
+    """The PTX check would see the instructions that made the hardware differ, and nothing else."""
+    found = PLAIN_FLOAT_MULTIPLY.findall
+    assert found("mul.f64 %fd3, %fd1, %fd2;") and found("mul.f32 %f3, %f1, 0f3F000000;")
+    assert found("fma.rn.f64 %fd4, %fd1, %fd2, %fd3;") and found("mul.ftz.f32 %f1, %f2, %f3;")
+    assert not found("mul.rn.f64 %fd3, %fd1, %fd2;") and not found("mul.rn.f32 %f3, %f1, %f2;")
+    assert not found("mul.lo.s32 %r1, %r2, 11;") and not found("mad.lo.s64 %rd1, %rd2, 4, %rd3;")
+    assert not found("mul.wide.s32 %rd1, %r1, 4;")
+
+
+@pytest.mark.skipif(SIMULATED, reason="NVVM is not used under the simulator")
+def test_kernels_compile_without_numpy_row_stack():
+    """numpy 2.5 removed np.row_stack, which numba-cuda 0.30 registers: the kernels must still compile."""
+    pytest.importorskip("numba_cuda", reason="compiling PTX needs the [cuda] extra (numba-cuda)")
+    code = (
+        "import numpy as np\n"
+        "if hasattr(np, 'row_stack'): del np.row_stack\n"
+        "assert not hasattr(np, 'row_stack')\n"
+        "from fastyolo.gpu.ptx import compile_kernels_ptx\n"
+        "ptx = compile_kernels_ptx((8, 0))\n"
+        "print(sorted(ptx), np.row_stack is np.vstack)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split("\n")[0] == "['decode_nms_kernel', 'normalize_kernel'] True"
+
+
+@in_simulator
+def test_simulated_kernels_run_without_numpy_row_stack():
+    code = (
+        "import numpy as np\n"
+        "if hasattr(np, 'row_stack'): del np.row_stack\n"
+        "from fastyolo.kernels.cuda import decode_nms_batch_cuda\n"
+        "from fastyolo.layout import CELL_SIZE, GRID\n"
+        "g = np.random.default_rng(0).random((1, GRID, GRID, CELL_SIZE), dtype=np.float32)\n"
+        "print(len(decode_nms_batch_cuda(g, np.array([[64.0, 48.0]]), 0.5, 0.45, 10)[0]))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0 and proc.stdout.strip() == "1", proc.stderr[-3000:]
