@@ -28,7 +28,8 @@ class Detector:
     """Detect cars, trucks and pedestrians in BGR frames.
 
     `model` is an exported `.onnx` (CPU: OpenVINO by default, or backend="onnxruntime") or a
-    TensorRT `.plan` engine (NVIDIA GPU, needs the `[gpu]` extra).
+    TensorRT `.plan` engine (NVIDIA GPU, needs the `[gpu]` extra), or a training checkpoint `.pt`
+    (torch; on an NVIDIA GPU where TensorRT is not installed: device="cuda", precision="fp16").
 
     >>> det = Detector("model.onnx", conf=0.3)
     >>> for d in det.detect(cv2.imread("frame.jpg")):
@@ -49,16 +50,24 @@ class Detector:
         iou: float = cfg.IOU,
         top_k: int = cfg.TOP_K,
         threads: int | None = None,
+        device: str | None = None,
     ):
-        cfg.check_runtime(model=model, backend=backend, precision=precision, conf=conf, iou=iou, threads=threads,
-                          top_k=top_k, flag=False)
+        # A training checkpoint (.pt, or backend="torch") runs on torch, on `device` (default: the GPU if
+        # torch sees one); fastyolo.gpu.torch_engine checks its own precision (fp32/fp16/bf16) and device.
+        on_torch = backend == "torch" or Path(model).suffix.lower() == ".pt"
+        cfg.check_runtime(model=model, backend="auto" if on_torch else backend, precision="fp32" if on_torch else precision,
+                          conf=conf, iou=iou, threads=threads, top_k=top_k, flag=False)
         path = Path(model)
         if not path.is_file():
             raise ModelError(f"model file not found: {path}")
         self.conf, self.iou, self.top_k = float(conf), float(iou), int(top_k)
         threads = threads or default_threads()
         self.pipeline: Pipeline
-        if path.suffix.lower() in ENGINE_SUFFIXES:
+        if on_torch:
+            from fastyolo.gpu.torch_engine import TorchPipeline
+
+            self.pipeline = TorchPipeline(path, precision=precision, device=device)
+        elif path.suffix.lower() in ENGINE_SUFFIXES:
             if backend not in ("auto", "tensorrt"):
                 raise ValueError(f"{path.name} is a TensorRT engine: backend must be 'auto' or 'tensorrt', not {backend!r}")
             from fastyolo.gpu import TensorRTPipeline  # raises GpuUnavailableError in one line

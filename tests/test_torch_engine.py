@@ -139,6 +139,21 @@ def test_graph_per_batch_and_thresholds(checkpoint_and_onnx, frames):
         graphed.preprocess(frames[:3])
 
 
+def test_detector_runs_a_checkpoint(checkpoint_and_onnx, frames):
+    from fastyolo import Detector
+    from fastyolo.gpu.torch_engine import TorchPipeline
+
+    ckpt, _ = checkpoint_and_onnx
+    det = Detector(ckpt, device="cpu", conf=CONF, iou=IOU, top_k=TOP_K)  # .pt: the torch engine
+    assert det.info["backend"] == "torch" and det.info["precision"] == "fp32"
+    same = Detector(ckpt, backend="torch", device="cpu", conf=CONF, iou=IOU, top_k=TOP_K)
+    pipe = TorchPipeline(ckpt, precision="fp32", device="cpu")
+    want = _detect(pipe, frames[:2])
+    _assert_same(det.detect_batch(frames[:2]), want)
+    _assert_same([same.detect(frames[1])], want[1:])
+    np.testing.assert_array_equal(det.raw_outputs(frames[:2]), pipe.raw(frames[:2]))
+
+
 def test_refusals(checkpoint_and_onnx, tmp_path):
     from fastyolo.errors import FastYoloError
     from fastyolo.gpu.torch_engine import TorchPipeline

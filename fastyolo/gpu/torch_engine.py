@@ -46,9 +46,18 @@ STAGES = ("h2d_normalize", "network", "decode_nms", "d2h")
 
 @dataclass
 class PendingBatch:
-    """Frames resized into the pinned input buffer; the device work runs in postprocess."""
+    """Frames resized into the pinned input buffer; the device work runs in postprocess.
+
+    `np.asarray(batch)` runs the network alone and gives its (n, S, S, CELL_SIZE) f32 output on the
+    host, which is what Detector.raw_outputs expects from `infer`.
+    """
 
     n: int
+    pipeline: TorchPipeline
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        grids = self.pipeline.grids_of_pending(self.n)
+        return grids if dtype is None else grids.astype(dtype)
 
 
 def _dtype(precision: str):
@@ -226,7 +235,7 @@ class TorchPipeline:
         host = self._rgb_host.numpy()
         for i, frame in enumerate(frames):
             host[i] = resize_rgb(check_frame(frame))
-        return PendingBatch(n)
+        return PendingBatch(n, self)
 
     def infer(self, batch: PendingBatch) -> PendingBatch:
         return batch  # the network runs with the rest of the device steps, in one launch (see postprocess)
@@ -283,14 +292,17 @@ class TorchPipeline:
         names = ("start", *STAGES)
         return {b: float(self._events[a].elapsed_time(self._events[b])) for a, b in zip(names, names[1:], strict=False)}
 
-    def raw(self, frames: list[np.ndarray]) -> np.ndarray:
-        """The network's (N, S, S, CELL_SIZE) output as f32 on the host (agreement checks); always eager."""
-        n = self.preprocess(frames).n
+    def grids_of_pending(self, n: int) -> np.ndarray:
+        """The network's (n, S, S, CELL_SIZE) output for the frames preprocess() took, as f32 on the host; eager."""
         self._sizes_host[:n] = 1.0
         with self._on_stream():
             self._steps(n, 2.0, 0.5, 1, self._header_words)
         self._wait()
         return self._grids[:n].cpu().numpy().copy()
+
+    def raw(self, frames: list[np.ndarray]) -> np.ndarray:
+        """The network's output for `frames` on the host (agreement checks)."""
+        return np.asarray(self.preprocess(frames))
 
 
 def write_rows(result: np.ndarray, n: int, header_words: int, boxes: np.ndarray, scores: np.ndarray,
