@@ -14,56 +14,20 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
 from fastyolo.detections import Detections
 from fastyolo.detector import Detector
 from fastyolo.errors import FastYoloError
+from fastyolo.fileio import VideoReader, sample_video  # noqa: F401  (re-exported: bench scripts import them from here)
 from fastyolo.pipeline import CpuPipeline
 from fastyolo.preprocess import preprocess
 
 STAGES = ("decode", "preprocess", "infer", "postprocess", "total")
 MODES = ("latency", "throughput")
-
-
-def sample_video() -> Path:
-    """The bundled real highway clip (Udacity CarND, MIT)."""
-    return Path(str(resources.files("fastyolo") / "data" / "highway_clip.mp4"))
-
-
-class VideoReader:
-    """Frames of a video file, looping back to the start when `loop` is set."""
-
-    def __init__(self, path: str | Path, loop: bool = True):
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise FastYoloError(f"video not found: {self.path}")
-        self.capture = cv2.VideoCapture(str(self.path))
-        if not self.capture.isOpened():
-            raise FastYoloError(f"OpenCV cannot open {self.path} as a video (corrupt, or an unsupported codec)")
-        self.loop = loop
-        self.frame_count = int(self.capture.get(cv2.CAP_PROP_FRAME_COUNT))
-        self.fps = float(self.capture.get(cv2.CAP_PROP_FPS)) or 25.0
-
-    def read(self) -> np.ndarray | None:
-        ok, frame = self.capture.read()
-        if not ok and self.loop:
-            self.rewind()
-            ok, frame = self.capture.read()
-        if not ok:
-            return None
-        return frame
-
-    def rewind(self) -> None:
-        self.capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
-
-    def close(self) -> None:
-        self.capture.release()
 
 
 @dataclass
@@ -173,9 +137,9 @@ def run_bench(detector: Detector, video: str | Path, frames: int = 300, warmup: 
 
 
 def _latency(detector: Detector, reader: VideoReader, frames: int, warmup: int, progress: bool, keep: bool) -> BenchResult:
-    pipe = detector.pipeline
     times = np.zeros((len(STAGES), frames))
     outputs: list[Detections] = []
+    stage: dict[str, float] = {}
     found = 0
     for _ in range(warmup):
         detector.detect(reader.read())
@@ -188,17 +152,12 @@ def _latency(detector: Detector, reader: VideoReader, frames: int, warmup: int, 
         if frame is None:
             raise FastYoloError(f"{reader.path}: no frame could be decoded")
         t1 = clock()
-        images = pipe.preprocess([frame])
-        t2 = clock()
-        grids = pipe.infer(images)
-        t3 = clock()
-        sizes = np.array([[frame.shape[1], frame.shape[0]]], dtype=np.float64)
-        result = pipe.postprocess(grids, sizes, detector.conf, detector.iou, detector.top_k)[0]
+        result = detector.detect_batch([frame], timings=stage)[0]
         t4 = clock()
         found += len(result)
         if keep:
             outputs.append(result)
-        times[:, n] = (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0)
+        times[:, n] = (t1 - t0, stage["preprocess"], stage["infer"], stage["postprocess"], t4 - t0)
     seconds = clock() - start
     times *= 1000.0
     return BenchResult(frames, seconds, detector.info, dict(zip(STAGES, times, strict=True)), found,

@@ -155,6 +155,17 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return Path(path)
 
 
+def file_identity(path: str | os.PathLike) -> str:
+    """What a cache key needs to notice a changed input: resolved path, size and mtime of a file, or of
+    every file in a folder (the names alone would reuse a stale result)."""
+    path = _key(path)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        return f"{path}:" + ",".join(f"{p.relative_to(path)}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
+    stat = path.stat()
+    return f"{path}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
 # ---------------------------------------------------------------------------------------------- frames
 
 

@@ -9,12 +9,12 @@ and the I/O stays fp32 (the same buffers, preprocessing and kernels as every oth
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from fastyolo.errors import MissingDependencyError, ModelError
+from fastyolo.fileio import atomic_path
 from fastyolo.layout import INPUT_NAME, OUTPUT_NAME
 
 # Ops after which nothing is kept in fp32: the head is fp32 from the last of these to the output.
@@ -127,21 +127,14 @@ def convert_fp16(src: str | os.PathLike, dst: str | os.PathLike, *, frames: list
     for key, value in metadata.items():
         half.metadata_props.add(key=key, value=value)
 
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(dst) as tmp:  # replaces dst only once every check below passed
         onnx.checker.check_model(half)
         onnx.shape_inference.infer_shapes(half, check_type=True, strict_mode=True)  # every type consistent
-        onnx.save_model(half, tmp)
+        onnx.save_model(half, str(tmp))
         read_onnx(tmp)  # still our layout and I/O for every runtime
         diff = compare_outputs(src, tmp, frames if frames is not None else sample_frames())
         if not diff < FP16_TOLERANCE:
             raise ModelError(f"fp16 outputs differ from fp32 by {diff:.3g} (limit {FP16_TOLERANCE}): keep the fp32 model")
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     if verbose:
         print(f"fp16: {len(tail)} head nodes kept in fp32 ({', '.join(tail)}); "
               f"max abs diff vs fp32 on onnxruntime, real frames: {diff:.2e}")
@@ -150,20 +143,9 @@ def convert_fp16(src: str | os.PathLike, dst: str | os.PathLike, *, frames: list
 
 def sample_frames(count: int = 6) -> list[np.ndarray]:
     """Real frames spread over the bundled highway clip."""
-    from fastyolo.bench import VideoReader, sample_video
+    from fastyolo import fileio
 
-    reader = VideoReader(sample_video(), loop=False)
-    try:
-        step = max(1, reader.frame_count // count)
-        frames = []
-        for i in range(count):
-            reader.capture.set(1, i * step)  # cv2.CAP_PROP_POS_FRAMES
-            frame = reader.read()
-            if frame is not None:
-                frames.append(frame)
-    finally:
-        reader.close()
-    return frames
+    return fileio.sample_frames(fileio.sample_video(), count)
 
 
 def compare_outputs(reference: str | os.PathLike, candidate: str | os.PathLike, frames: list[np.ndarray]) -> float:

@@ -19,6 +19,7 @@ import contextlib
 import io
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -274,5 +275,8 @@ def plot_pr_curves(result: dict[str, Any], path: str | os.PathLike, title: str =
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    from fastyolo.fileio import atomic_path
+
+    with atomic_path(path) as tmp:  # never half a PNG; the temporary name has no image suffix: say the format
+        fig.savefig(tmp, format=Path(path).suffix.lstrip(".").lower() or "png")
     plt.close(fig)

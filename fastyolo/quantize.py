@@ -9,17 +9,18 @@ onnxruntime both read that graph and run the quantised ops in int8. Needs no tor
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
-from fastyolo.errors import FastYoloError, MissingDependencyError, ModelError
+from fastyolo.errors import MissingDependencyError, ModelError
+from fastyolo.fileio import atomic_path, sample_frames
 from fastyolo.layout import INPUT_NAME
 from fastyolo.model_file import read_onnx
 from fastyolo.preprocess import preprocess
@@ -31,8 +32,6 @@ KEEP_CHOICES = ("head", "first_conv")
 DEFAULT_METHOD = "minmax"
 DEFAULT_KEEP: tuple[str, ...] = ("head",)
 DEFAULT_FRAMES = 64
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm")
 # The tail after the last Gemm (Reshape/Slice/Softmax/Sigmoid/Concat) stays fp32: quantising the
 # output would round every box coordinate to 8 bits.
 # Entropy search: 2048-bin histograms, thresholds searched down to this many bins. Measured on a
@@ -42,47 +41,9 @@ QUANTIZED_BINS = 256
 OPS_TO_QUANTIZE = ["Conv", "Gemm", "MatMul", "Add", "MaxPool", "Relu"]
 
 
-def _spread(count: int, limit: int) -> list[int]:
-    """`limit` indices spread evenly over range(count) (all of them if there are fewer)."""
-    if count <= limit:
-        return list(range(count))
-    return sorted({int(i) for i in np.linspace(0, count - 1, limit)})
-
-
 def calibration_frames(source: str | os.PathLike, limit: int = DEFAULT_FRAMES) -> list[np.ndarray]:
     """Up to `limit` real BGR frames from a folder of images (searched recursively) or a video file."""
-    source = Path(source)
-    if limit < 1:
-        raise ValueError(f"calibration needs at least 1 frame, got limit={limit}")
-    if source.is_dir():
-        paths = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not paths:
-            raise FastYoloError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {source}: point --calib at real frames")
-        frames = []
-        for i in _spread(len(paths), limit):
-            frame = cv2.imread(str(paths[i]), cv2.IMREAD_COLOR)
-            if frame is None:
-                raise FastYoloError(f"cannot read {paths[i]} as an image (corrupt?): remove it from the calibration folder")
-            frames.append(frame)
-        return frames
-    if source.is_file() and source.suffix.lower() in VIDEO_SUFFIXES:
-        capture = cv2.VideoCapture(str(source))
-        try:
-            total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
-            wanted = set(_spread(total, limit))
-            frames = []
-            for index in range(total):
-                ok, frame = capture.read()
-                if not ok:
-                    break
-                if index in wanted:
-                    frames.append(frame)
-        finally:
-            capture.release()
-        if not frames:
-            raise FastYoloError(f"OpenCV decoded no frame of {source}: give a folder of images instead")
-        return frames
-    raise FastYoloError(f"calibration source {source} is neither a folder of images nor a video file")
+    return sample_frames(source, limit)
 
 
 def _reader(frames: list[np.ndarray], progress: bool):
@@ -118,9 +79,10 @@ def nodes_kept_fp32(model, keep: Sequence[str]) -> list[str]:
     nodes = list(model.graph.node)
     names = []
     if "head" in keep:
-        heads = [n for n in nodes if n.op_type in ("Gemm", "MatMul")]
+        # The FC head's last Gemm; a convolutional head's last Conv (the one that writes the grid).
+        heads = [n for n in nodes if n.op_type in ("Gemm", "MatMul")] or [n for n in nodes if n.op_type == "Conv"]
         if not heads:
-            raise ModelError("no Gemm/MatMul in the model to keep as the fp32 head")
+            raise ModelError("no Gemm/MatMul/Conv in the model to keep as the fp32 head")
         names.append(heads[-1].name)  # the graph is topologically sorted: the last one writes the grid
     if "first_conv" in keep:
         convs = [n for n in nodes if n.op_type == "Conv" and INPUT_NAME in n.input]
@@ -214,15 +176,9 @@ def quantize_int8(
         for key, value in metadata.items():
             proto.metadata_props.add(key=key, value=value)
         # Temp name + rename, so a failure never leaves a half-written model behind.
-        fd, partial = tempfile.mkstemp(dir=out_onnx.parent, prefix=f".{out_onnx.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            onnx.save_model(proto, partial)
+        with atomic_path(out_onnx) as partial:
+            onnx.save_model(proto, str(partial))
             read_onnx(partial)
-            os.replace(partial, out_onnx)
-        except BaseException:
-            Path(partial).unlink(missing_ok=True)
-            raise
     return out_onnx
 
 
@@ -232,7 +188,7 @@ def int8_model_for(model: str | os.PathLike, calib: str | os.PathLike | None = N
     """An int8 model for `model`: itself if it is int8, its sibling `<stem>.int8.onnx` if that exists,
     else a quantised copy in the fastyolo cache (made once, calibrated on `calib`, by default the
     bundled real highway clip)."""
-    from fastyolo.bench import sample_video
+    from fastyolo.fileio import file_identity, sample_video
     from fastyolo.reference_model import cache_dir
 
     path = Path(model)
@@ -242,9 +198,10 @@ def int8_model_for(model: str | os.PathLike, calib: str | os.PathLike | None = N
     if sibling.is_file():
         return sibling
     calib = Path(calib) if calib is not None else sample_video()
-    stat = path.stat()
-    # The cache key names the source file's identity and every choice that changes the result.
-    tag = f"{path.stem}-{stat.st_size}-{int(stat.st_mtime)}-{method}-{'+'.join(keep_fp32) or 'all'}-{calib.name}-{frames}"
+    # The cache key names the source model's and the calibration data's identity (path, size, mtime:
+    # not just their names) and every choice that changes the result.
+    key = f"{file_identity(path)}|{file_identity(calib)}|{method}|{'+'.join(keep_fp32) or 'all'}|{frames}"
+    tag = f"{path.stem}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
     cached = cache_dir() / f"{tag}.int8.onnx"
     if not cached.is_file():
         print(f"quantising {path.name} to int8 ({method}, {frames} frames of {calib.name}) -> {cached} (once) ...",

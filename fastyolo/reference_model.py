@@ -5,6 +5,8 @@ Exported on first use (needs the `[train]` extra) into the user cache and reused
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import os
 from pathlib import Path
 
@@ -20,9 +22,21 @@ def cache_dir() -> Path:
     return Path(root)
 
 
+def _network_version() -> str:
+    """A digest of the network's source (train/model.py, found without importing torch), so a cached
+    export is never that of an older network with the same backbone name."""
+    spec = importlib.util.find_spec("fastyolo.train.model")
+    if spec is None or not spec.origin or not os.path.isfile(spec.origin):
+        return "unknown"
+    return hashlib.sha256(Path(spec.origin).read_bytes()).hexdigest()[:10]
+
+
 def untrained_model(backbone: str = "resnet50", *, quiet: bool = False) -> Path:
-    """Path of the cached untrained ONNX for `backbone`, exporting it first if needed."""
-    path = cache_dir() / f"untrained-{backbone}-seed{SEED}.onnx"
+    """Path of the cached untrained ONNX for `backbone`, exporting it first if needed.
+
+    The file name carries a digest of the network's code: a changed network is exported afresh.
+    """
+    path = cache_dir() / f"untrained-{backbone}-seed{SEED}-{_network_version()}.onnx"
     if path.is_file():
         return path
     try:
@@ -39,6 +53,9 @@ def untrained_model(backbone: str = "resnet50", *, quiet: bool = False) -> Path:
         print(f"exporting the untrained {backbone} reference network to {path} (once) ...", flush=True)
     torch.manual_seed(SEED)
     diff = export_onnx(YoloNet(backbone), path, untrained=True)
+    from fastyolo.fileio import file_mode
+
+    path.chmod(file_mode())
     if not quiet:
         print(f"  onnxruntime vs torch max abs diff {diff:.2e}", flush=True)
     return path

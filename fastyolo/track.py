@@ -3,7 +3,8 @@
 Association is ByteTrack's, not ours: it first matches confident boxes to the tracks' predicted
 positions, then lets low-score boxes (0.1 < score < conf) keep existing tracks alive, so a car
 whose score dips for a few frames keeps its id. That is why tracking asks the detector for boxes
-down to score 0.1 and may report a confirmed track's box with a score below `conf`.
+down to score 0.1; such low boxes only keep tracks alive: what is reported scores at least `conf`,
+as without tracking.
 
 Smoothing (per track id, on centre x, y, width and height):
 
@@ -164,6 +165,8 @@ class Tracker:
             if size is not None:
                 np.clip(boxes, 0, [size[0], size[1], size[0], size[1]], out=boxes)
         self._forget_old()
+        shown = scores >= self.conf  # low boxes kept their tracks alive (and smoothed them) above; not reported
+        boxes, scores, classes, ids = boxes[shown], scores[shown], classes[shown], ids[shown]
         order = np.argsort(-scores, kind="stable")
         return Detections(boxes[order].astype(np.float32), scores[order], classes[order].astype(np.int32), ids[order])
 
@@ -196,11 +199,7 @@ class Tracker:
 
 def detect_for_tracking(detector, frame: np.ndarray) -> Detections:
     """`detector.detect(frame)` but down to score 0.1, for ByteTrack's second association."""
-    frame = check_frame(frame)
-    sizes = np.array([[frame.shape[1], frame.shape[0]]], np.float64)
-    pipe = detector.pipeline
-    grids = pipe.infer(pipe.preprocess([frame]))
-    return pipe.postprocess(grids, sizes, min(detector.conf, SECOND_CONF), detector.iou, detector.top_k)[0]
+    return detector.detect_batch([check_frame(frame)], conf=min(detector.conf, SECOND_CONF))[0]
 
 
 def track_frames(detector, frames: Iterable[np.ndarray], *, fps: float = 30.0, smooth: str = "kalman",

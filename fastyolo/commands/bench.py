@@ -6,7 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
+from fastyolo import cfg
 from fastyolo.backends import BACKENDS, PRECISIONS
+from fastyolo.errors import UsageError
 
 MODE_CHOICES = ("latency", "throughput", "both")
 
@@ -18,10 +20,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "combinations interleaved in one process; --check measures each precision's agreement with fp32.")
     p.add_argument("video", nargs="?", help="video file (default: bundled real highway clip, 960x540)")
     p.add_argument("--model", help=".onnx or .plan (default: untrained ResNet-50 reference, timing only)")
-    p.add_argument("--backend", default="auto", choices=("auto", *BACKENDS, "tensorrt"))
-    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                   help="fp32; bf16 (OpenVINO, where the CPU has it; fp32 otherwise and it says so); "
-                   "int8 (Q/DQ model: --int8-model, MODEL.int8.onnx beside --model, or quantised once into the cache)")
+    cfg.add_runtime_options(p, precision_help="fp32; bf16 (OpenVINO, where the CPU has it; fp32 otherwise and it says "
+                            "so); int8 (Q/DQ model: --int8-model, MODEL.int8.onnx beside --model, or quantised once "
+                            "into the cache)")
     p.add_argument("--mode", default="latency", choices=MODE_CHOICES,
                    help="latency: batch 1, one frame in flight; throughput: decode thread, --batch, async requests; "
                    "both [latency]")
@@ -30,10 +31,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="inference requests in flight in throughput mode [OpenVINO's optimum; 1 for onnxruntime]")
     p.add_argument("--frames", type=int, default=300, help="timed frames (the clip loops) [300]")
     p.add_argument("--warmup", type=int, default=10, help="untimed frames first [10]")
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for every library (OpenCV, OpenVINO, onnxruntime, numba) [all cores]")
-    p.add_argument("--conf", type=float, default=0.25)
-    p.add_argument("--iou", type=float, default=0.45)
     p.add_argument("--int8-model", type=Path, help="int8 ONNX to use for int8 rows (from 'fastyolo quantize')")
     p.add_argument("--calib", type=Path,
                    help="frames (folder or video) to quantise --model on when no int8 model exists [bundled clip]")
@@ -68,19 +65,25 @@ def _combos(text: str | None) -> tuple[tuple[str, str], ...]:
 
 
 def _check_args(args: argparse.Namespace) -> None:
+    """Every option and the --json path, before a model is exported, quantised or timed."""
+    from fastyolo.fileio import check_outputs
+
     for name in ("frames", "batch", "rounds", "check_frames"):
-        if getattr(args, name) < 1:
-            raise SystemExit(f"fastyolo bench: --{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if args.in_flight is not None and args.in_flight < 1:
-        raise SystemExit(f"fastyolo bench: --in-flight must be at least 1, got {args.in_flight}")
-    if args.warmup < 0:
-        raise SystemExit(f"fastyolo bench: --warmup must be 0 or more, got {args.warmup}")
+        cfg.check_at_least(f"--{name.replace('_', '-')}", getattr(args, name), 1)
+    cfg.check_at_least("--in-flight", args.in_flight, 1, optional=True)
+    cfg.check_at_least("--warmup", args.warmup, 0)
+    cfg.check_runtime_args(args, args.model)
+    inputs = [args.model, args.video, args.int8_model, args.calib, args.data]
+    if args.model:  # the int8 sibling bench may pick up
+        inputs.append(Path(args.model).with_name(f"{Path(args.model).stem}.int8.onnx"))
+    check_outputs([("--json", args.json)], inputs)
 
 
 def _write_json(path: Path | None, data: dict) -> None:
+    from fastyolo.fileio import write_text
+
     if path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(data, indent=2) + "\n")
+        write_text(path, json.dumps(data, indent=2) + "\n")
         print(f"wrote {path}")
 
 
@@ -112,11 +115,11 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.check or args.compare:
         if not is_onnx:
-            raise SystemExit("fastyolo bench: --check and --compare time the CPU runtimes: give an fp32 .onnx as --model")
+            raise UsageError("--check and --compare time the CPU runtimes: give an fp32 .onnx as --model")
         from fastyolo.model_file import read_onnx
 
         if read_onnx(model).precision != "fp32":
-            raise SystemExit("fastyolo bench: --check and --compare need the fp32 model as --model (the int8 one "
+            raise UsageError("--check and --compare need the fp32 model as --model (the int8 one "
                              "goes in --int8-model)")
     output: dict = {}
     if args.check:

@@ -13,14 +13,15 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from fastyolo.backends import BACKENDS, PRECISIONS
+from fastyolo import cfg
 from fastyolo.datasets import Sample
 from fastyolo.detections import Detections
 from fastyolo.errors import DatasetError, MissingDependencyError, ModelError
+from fastyolo.fileio import check_outputs, write_text
 from fastyolo.layout import INPUT_SIZE
 
-EVAL_CONF = 0.01  # low: the mAP integrates precision over every score threshold
-EVAL_TOP_K = 100  # COCO counts at most 100 detections per frame
+EVAL_CONF = cfg.MAP_CONF  # low: the mAP integrates precision over every score threshold
+EVAL_TOP_K = cfg.TOP_K  # COCO counts at most 100 detections per frame
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -33,12 +34,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--min-size", type=float, default=0.0,
                    help=f"ignore boxes under this many pixels on a side at the {INPUT_SIZE}x{INPUT_SIZE} network input "
                         "(VOC 'difficult') [0]")
-    p.add_argument("--backend", default="auto", choices=("auto", *BACKENDS, "tensorrt"))
-    p.add_argument("--precision", default="fp32", choices=PRECISIONS)
-    p.add_argument("--conf", type=float, default=EVAL_CONF, help=f"score threshold; keep it low for mAP [{EVAL_CONF}]")
-    p.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold [0.45]")
+    cfg.add_runtime_options(p, conf=EVAL_CONF)
     p.add_argument("--batch", type=int, default=8, help="frames per network call [8]")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads [all cores]")
     p.add_argument("--skip-malformed", action="store_true", help="skip (and count) malformed label rows instead of failing")
     return p
 
@@ -87,6 +84,27 @@ def detect_samples(detector, samples: Sequence[Sample], batch: int = 8, progress
     return out
 
 
+def _check(args: argparse.Namespace) -> None:
+    """Options and output paths, before the dataset is read or a frame is evaluated."""
+    model = args.model if args.model.suffix.lower() != ".pt" else None  # a checkpoint runs as an exported .onnx
+    cfg.check_runtime_args(args, model)
+    cfg.check_at_least("--batch", args.batch, 1)
+    cfg.check_at_least("--min-size", args.min_size, 0)
+    inputs = [args.model, args.labels, *_dataset_files(args.data)]
+    check_outputs([("--json", args.json), ("--plot", args.plot)], inputs)
+
+
+def _dataset_files(data: Path) -> list[Path]:
+    """The files of a dataset folder that an output must not replace: labels files, KITTI labels, images."""
+    if not data.is_dir():
+        return [data]
+    files = [p for p in data.glob("*") if p.is_file()]
+    for sub in ("images", "image_2", "label_2"):
+        if (data / sub).is_dir():
+            files += [p for p in (data / sub).iterdir() if p.is_file()]
+    return files
+
+
 def run(args: argparse.Namespace) -> int:
     from fastyolo.datasets import load_dataset
     from fastyolo.detector import Detector
@@ -94,8 +112,7 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.model.is_file():
         raise ModelError(f"model file not found: {args.model}")
-    if args.batch < 1:
-        raise SystemExit("fastyolo eval: --batch must be at least 1")
+    _check(args)
     samples, report = load_dataset(args.data, args.labels, skip_malformed=args.skip_malformed)
     print(report)
     if not samples:
@@ -126,11 +143,9 @@ def run(args: argparse.Namespace) -> int:
                         "malformed_rows": report.malformed_rows, "boxes_clipped": report.boxes_clipped,
                         "boxes_dropped": report.boxes_dropped, "ignored_labels": report.ignored_labels},
         }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(payload, indent=2) + "\n")
+        write_text(args.json, json.dumps(payload, indent=2) + "\n")
         print(f"wrote {args.json}")
     if args.plot:
-        args.plot.parent.mkdir(parents=True, exist_ok=True)
         plot_pr_curves({**result, "curves": curves}, args.plot, title=f"{args.model.name} on {args.data.name}")
         print(f"wrote {args.plot}")
     return 0

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import tempfile
 from pathlib import Path
 
-from fastyolo.errors import MissingDependencyError
+from fastyolo.errors import MissingDependencyError, UsageError
+from fastyolo.fileio import check_outputs
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -26,33 +28,47 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         from fastyolo.train.checkpoint import load_model
-        from fastyolo.train.export import export_onnx
         from fastyolo.train.model import YoloNet
     except ImportError:
         raise MissingDependencyError("exporting needs torch: pip install 'fastyolo[train]'") from None
     if args.untrained == (args.checkpoint is not None):
-        raise SystemExit("fastyolo export: give either CHECKPOINT or --untrained")
+        raise UsageError("give either CHECKPOINT or --untrained")
+    if args.precision == "int8" and args.calib is None:
+        raise UsageError("--precision int8 needs --calib DIR (a folder of real frames)")
+    # Lower precisions are made from an fp32 export: it goes to a temporary file beside the output
+    # (no side file left behind, no NAME.fp32.onnx of the user's replaced).
+    check_outputs([("-o", args.output)], [args.checkpoint, args.calib])
     if args.untrained:
         torch.manual_seed(args.seed)
         model = YoloNet(args.backbone)
     else:
         model = load_model(args.checkpoint)
-    if args.precision == "int8" and args.calib is None:
-        raise SystemExit("fastyolo export: --precision int8 needs --calib DIR (a folder of real frames)")
-    fp32_path = args.output if args.precision == "fp32" else args.output.with_suffix(".fp32.onnx")
-    diff = export_onnx(model, fp32_path, untrained=args.untrained)
-    print(f"wrote {fp32_path} ({model.backbone_name}, fp32{', untrained' if args.untrained else ''}); "
-          f"onnxruntime vs torch max abs diff {diff:.2e}")
+    if args.precision == "fp32":
+        _export_fp32(model, args.output, args.untrained)
+        return 0
     # Lower precisions are rewrites of the verified fp32 graph, so the precision lives in the ONNX
     # itself (TensorRT 11 has no FP16/INT8 builder flags).
-    if args.precision == "fp16":
-        from fastyolo.fp16 import convert_fp16
+    with tempfile.TemporaryDirectory(prefix=".fastyolo-export-", dir=args.output.parent) as tmp:
+        fp32_path = _export_fp32(model, Path(tmp) / f"{args.output.stem}.fp32.onnx", args.untrained, final=False)
+        if args.precision == "fp16":
+            from fastyolo.fp16 import convert_fp16
 
-        convert_fp16(fp32_path, args.output)
-    elif args.precision == "int8":
-        from fastyolo.quantize import quantize_int8
+            convert_fp16(fp32_path, args.output)
+        else:
+            from fastyolo.quantize import quantize_int8
 
-        quantize_int8(fp32_path, args.output, args.calib)
-    if args.precision != "fp32":
-        print(f"wrote {args.output} ({args.precision})")
+            quantize_int8(fp32_path, args.output, args.calib)
+    print(f"wrote {args.output} ({args.precision})")
     return 0
+
+
+def _export_fp32(model, path: Path, untrained: bool, *, final: bool = True) -> Path:
+    from fastyolo.fileio import file_mode
+    from fastyolo.train.export import export_onnx
+
+    diff = export_onnx(model, path, untrained=untrained)
+    path.chmod(file_mode())  # the umask's mode, not the temporary file's 0600
+    print(f"{'wrote' if final else 'exported'} {path if final else 'fp32'} "
+          f"({model.backbone_name}, fp32{', untrained' if untrained else ''}); "
+          f"onnxruntime vs torch max abs diff {diff:.2e}")
+    return path

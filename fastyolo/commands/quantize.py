@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fastyolo import cfg
+from fastyolo.fileio import check_outputs
 from fastyolo.quantize import CALIBRATION_METHODS, DEFAULT_FRAMES, DEFAULT_KEEP, DEFAULT_METHOD, KEEP_CHOICES
 
 
@@ -26,9 +28,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from fastyolo.quantize import quantize_int8
 
-    if args.frames < 1:
-        raise SystemExit(f"fastyolo quantize: --frames must be at least 1, got {args.frames}")
+    cfg.check_at_least("--frames", args.frames, 1)
     output = args.output or args.model.with_name(f"{args.model.stem}.int8.onnx")
+    check_outputs([("-o", output)], [args.model, args.calib])  # before calibrating
     quantize_int8(args.model, output, args.calib, method=args.method, frames=args.frames, keep_fp32=args.keep_fp32)
     print(f"wrote {output} (int8 Q/DQ, {args.method} calibration on {args.frames} frames of {args.calib}, "
           f"fp32 parts: {', '.join(args.keep_fp32) or 'none'})")
