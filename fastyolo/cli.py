@@ -6,6 +6,7 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 
 from fastyolo.errors import FastYoloError
 
@@ -35,8 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # The dataset report the commands print already says which coordinate order a crowdAI header
+    # mix-up was read in; Python's warning would say it a second time.
     try:
-        return int(args.handler(args) or 0)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*the header says xmin,xmax,ymin,ymax", category=UserWarning)
+            return int(args.handler(args) or 0)
     except (FastYoloError, ValueError, OSError) as exc:
         # A bad value or an unusable path given on the command line: one line, exit code 2.
         # FASTYOLO_DEBUG=1 shows the traceback instead.
