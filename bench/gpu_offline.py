@@ -1,8 +1,8 @@
 """What can be measured of the GPU path without a GPU: kernel PTX through ptxas, and the host work it replaces.
 
-    python bench/gpu_offline.py [--json bench/artifacts/gpu_offline.json]
+    python bench/gpu_offline.py [--json bench/artifacts/gpu_offline.json] [--ptx-only]
 
-1. compiles the numba-cuda kernels to PTX for sm_75 (Turing) and sm_90 (Hopper) and assembles them
+1. compiles the numba-cuda kernels to PTX for sm_75 (Turing), sm_80 (Ampere) and sm_90 (Hopper), assembles them
    with ptxas: registers per thread, spills, shared memory, and the occupancy limit that follows;
 2. times, on this CPU, what the device kernels take off the host: the njit decode + NMS of one
    6.3 kB output (real frames through the untrained reference network, and a worst case with every
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
 import time
@@ -21,9 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-ARCHES = {"sm_75": (7, 5), "sm_90": (9, 0)}
-# Per SM: 64k 32-bit registers, and at most 16 (sm_75) / 32 (sm_90) resident blocks, 1024 / 2048 threads.
+ARCHES = {"sm_75": (7, 5), "sm_80": (8, 0), "sm_90": (9, 0)}
+# Per SM: 64k 32-bit registers, and at most 16 (sm_75) / 32 (sm_80, sm_90) resident blocks, 1024 / 2048 threads.
 SM_LIMITS = {"sm_75": {"regs": 65536, "threads": 1024, "blocks": 16, "smem": 65536},
+             "sm_80": {"regs": 65536, "threads": 2048, "blocks": 32, "smem": 167936},
              "sm_90": {"regs": 65536, "threads": 2048, "blocks": 32, "smem": 233472}}
 
 
@@ -46,7 +48,9 @@ def ptx_figures() -> dict:
     out = {}
     for arch, cc in ARCHES.items():
         for name, ptx in compile_kernels_ptx(cc).items():
-            row = {"ptx_lines": ptx.count("\n")}
+            row = {"ptx_lines": ptx.count("\n"), "barriers": ptx.count("bar.sync"),
+                   "plain_float_multiplies": len(re.findall(
+                       r"\b(?:mul(?:\.(?:ftz|sat))*\.f(?:16|32|64)|fma\.[\w.]*|mad\.(?:rn\.)?f\w*)\b", ptx))}
             if shutil.which("ptxas"):
                 row.update(assemble(ptx, arch))
                 limits = SM_LIMITS[arch]
@@ -99,13 +103,14 @@ def host_costs() -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "artifacts" / "gpu_offline.json")
+    parser.add_argument("--ptx-only", action="store_true", help="only the PTX/ptxas figures (no host timing)")
     args = parser.parse_args()
     try:
         import numba_cuda  # noqa: F401
     except ImportError:
         print("bench/gpu_offline.py: error: compiling PTX needs numba-cuda: pip install 'fastyolo[cuda]'", file=sys.stderr)
         return 2
-    result = {"ptx": ptx_figures(), "host": host_costs()}
+    result = {"ptx": ptx_figures(), "host": {} if args.ptx_only else host_costs()}
     print(f"{'kernel@arch':<28}{'regs':>6}{'spills':>8}{'smem B':>8}{'blocks/SM':>11}{'occupancy':>11}")
     for key, row in result["ptx"].items():
         spills = row.get("spill_stores", 0) + row.get("spill_loads", 0)

@@ -151,6 +151,7 @@ class TorchPipeline:
         self._shift = self._shift.view(1, 3, 1, 1)
         self.stream = torch.cuda.Stream(device) if self.on_gpu else None
         self._numba_views: dict[int, tuple] = {}
+        self._numba_streams: dict[int, Any] = {}
         self._events = {}
         if self.timing:
             self._events = {name: torch.cuda.Event(enable_timing=True) for name in ("start", *STAGES)}
@@ -194,7 +195,10 @@ class TorchPipeline:
             from fastyolo.kernels import cuda as kernels
 
             grids, sizes, rows, header = self._views(n)
-            stream = kernels.cuda.external_stream(self.torch.cuda.current_stream(self.device).cuda_stream)
+            handle = self.torch.cuda.current_stream(self.device).cuda_stream
+            stream = self._numba_streams.get(handle)
+            if stream is None:  # made in the warm-up, not inside a capture
+                stream = self._numba_streams[handle] = kernels.cuda.external_stream(handle)
             kernels.launch_decode_nms(grids, sizes, conf, iou, top_k, rows, header, stream)
             return
         from fastyolo.kernels import decode_nms_batch
