@@ -36,21 +36,34 @@ class HostStream:
     def __init__(self, device, handle: int):
         self.device, self.handle, self.queue = device, handle, []
         self.synchronized = 0
+        self.capturing: list | None = None  # stream capture: work is recorded, not queued
 
     def __int__(self) -> int:
         return self.handle
 
     def enqueue(self, label: str, work) -> None:
+        if self.capturing is not None:
+            self.device.log.append(("capture", label))
+            self.capturing.append((label, work))
+            return
         self.device.log.append(("enqueue", label))
         self.queue.append((label, work))
 
     def synchronize(self) -> None:
+        assert self.capturing is None, "synchronize during a stream capture (illegal on a GPU)"
         while self.queue:
             label, work = self.queue.pop(0)
             work()
             self.device.log.append(("run", label))
         self.synchronized += 1
         self.device.log.append(("sync", None))
+
+
+class HostGraph:
+    """A captured graph: the recorded work, each item bound to the same buffers (fixed addresses)."""
+
+    def __init__(self, work: list):
+        self.work, self.replays = work, 0
 
 
 class HostEvent:
@@ -67,6 +80,7 @@ class QueuedHostDevice:
         self.pinned_arrays: list[np.ndarray] = []
         self.streams: dict[int, HostStream] = {}
         self.log: list[tuple[str, str | None]] = []
+        self.graphs: list[HostGraph] = []
 
     def stream(self) -> HostStream:
         handle = 0x5000 + len(self.streams)
@@ -125,6 +139,21 @@ class QueuedHostDevice:
 
         assert kernels.SIMULATOR, "the host device runs the CUDA kernel in numba's simulator"
         stream.enqueue("decode_nms", lambda: kernels.launch_decode_nms(grids, sizes, conf, iou, top_k, rows, header))
+
+    def capture_graph(self, stream: HostStream, queue) -> HostGraph:
+        assert stream.capturing is None and not stream.queue, "capture on a busy stream"
+        stream.capturing = []
+        try:
+            queue()
+        finally:
+            work, stream.capturing = stream.capturing, None
+        self.graphs.append(HostGraph(work))
+        return self.graphs[-1]
+
+    def replay_graph(self, graph: HostGraph, stream: HostStream) -> None:
+        graph.replays += 1
+        for label, work in graph.work:
+            stream.enqueue(label, work)
 
     def event(self) -> HostEvent:
         return HostEvent()

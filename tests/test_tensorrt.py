@@ -207,7 +207,7 @@ def _assert_same(got, want):
         np.testing.assert_array_equal(g.boxes, w.boxes)
 
 
-CONF, IOU, TOP_K = 0.35, 0.45, 100
+CONF, IOU, TOP_K = 0.1, 0.45, 100  # an untrained network scores ~0.1-0.3
 
 
 @in_simulator
@@ -234,10 +234,63 @@ def test_detector_on_engine_matches_cpu_detector(onnx_model, kitti_images, tmp_p
     small = frames[0][:50, :70].copy()  # another frame size: boxes scale to each frame
     _assert_same([gpu.detect(small)], [cpu.detect(small)])
 
-    context = gpu.pipeline.context
-    assert context.executions == 3 and set(context.addresses) == {"images", "grid"}
+    pipe = gpu.pipeline
+    assert pipe.use_graphs and gpu.info["cuda_graph"] is True
+    # a graph per (batch, thresholds) on its own context: batch 2, then batch 1 (two calls share it)
+    assert pipe.graph_captures == 2 and [g.replays for g in trt.device.graphs] == [1, 2]
+    assert sorted(pipe._contexts) == [1, 2]
+    for context in pipe._contexts.values():
+        assert set(context.addresses) == {"images", "grid"}
     with pytest.raises(ValueError, match="at most 2.*--batch 3"):
         gpu.detect_batch(frames)
+
+
+@in_simulator
+def test_graph_replay_is_one_launch_per_call(onnx_model, kitti_images, tmp_path):
+    from fastyolo.gpu import TensorRTPipeline
+
+    trt, plan, _ = _build(onnx_model, tmp_path, "11.1.0.7", max_batch=2)
+    device = trt.device
+    graphed = TensorRTPipeline(plan, tensorrt=trt, device=device)
+    eager = TensorRTPipeline(plan, tensorrt=trt, device=device, cuda_graph=False)
+    assert graphed.use_graphs and not eager.use_graphs
+    frames = _frames(kitti_images, 2)
+
+    def call(pipe, batch, conf=CONF):
+        sizes = np.array([(f.shape[1], f.shape[0]) for f in batch], np.float64)
+        return pipe.postprocess(pipe.infer(pipe.preprocess(batch)), sizes, conf, IOU, TOP_K)
+
+    _assert_same(call(graphed, frames), call(eager, frames))  # first call: warm-up, capture, replay
+    captured = [label for kind, label in device.log if kind == "capture"]
+    assert captured == ["h2d", "normalize", "execute", "h2d", "h2d", "decode_nms", "d2h"]
+    device.log.clear()
+    small = [frames[1][:60, :90].copy(), frames[0]]  # new pixels and sizes, read from the pinned buffers at replay
+    got = call(graphed, small)
+    assert [kind for kind, _ in device.log if kind != "run"] == ["enqueue"] * 7 + ["sync"]  # one replay, one wait
+    _assert_same(got, call(eager, small))
+    _assert_same(call(graphed, small, conf=0.5), call(eager, small, conf=0.5))  # thresholds: another graph
+    assert graphed.graph_captures == 2 and [g.replays for g in device.graphs] == [2, 1]
+
+
+@in_simulator
+def test_failed_capture_runs_eagerly(onnx_model, kitti_images, tmp_path, monkeypatch):
+    from fastyolo.gpu import TensorRTPipeline
+
+    trt, plan, _ = _build(onnx_model, tmp_path, "10.8.0.43")
+    pipe = TensorRTPipeline(plan, tensorrt=trt, device=trt.device)
+    eager = TensorRTPipeline(plan, tensorrt=trt, device=trt.device, cuda_graph=False)
+
+    def refuse(stream, queue):
+        raise RuntimeError("CUDA driver error CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED")
+
+    monkeypatch.setattr(trt.device, "capture_graph", refuse)
+    frame = _frames(kitti_images, 1)[0]
+    sizes = np.array([[frame.shape[1], frame.shape[0]]], np.float64)
+    got = pipe.postprocess(pipe.infer(pipe.preprocess([frame])), sizes, CONF, IOU, TOP_K)
+    _assert_same(got, eager.postprocess(eager.infer(eager.preprocess([frame])), sizes, CONF, IOU, TOP_K))
+    assert not pipe.use_graphs and pipe.info["cuda_graph"].startswith("off: capture failed (RuntimeError")
+    again = pipe.postprocess(pipe.infer(pipe.preprocess([frame])), sizes, CONF, IOU, TOP_K)  # eager from now on
+    _assert_same(again, got)
 
 
 @in_simulator

@@ -46,6 +46,12 @@ class Device(Protocol):
 
     def elapsed_ms(self, start: Any, end: Any) -> float: ...
 
+    def capture_graph(self, stream: Any, queue: Any) -> Any:
+        """Capture what `queue()` puts on `stream` into an executable CUDA graph (nothing runs)."""
+
+    def replay_graph(self, graph: Any, stream: Any) -> None:
+        """Queue one replay of a captured graph on `stream`."""
+
 
 class NumbaCudaDevice:
     """The current CUDA device through numba-cuda."""
@@ -97,3 +103,29 @@ class NumbaCudaDevice:
 
     def elapsed_ms(self, start, end) -> float:
         return float(self._cuda.event_elapsed_time(start, end))
+
+    def capture_graph(self, stream, queue):
+        """Stream capture through cuda-bindings' driver API (numba launches and TensorRT's are capturable)."""
+        from cuda.bindings import driver
+
+        handle = driver.CUstream(int(stream))  # the handle TensorRT is given too
+        _check(driver.cuStreamBeginCapture(handle, driver.CUstreamCaptureMode.CU_STREAM_CAPTURE_MODE_THREAD_LOCAL))
+        try:
+            queue()
+        finally:
+            graph = _check(driver.cuStreamEndCapture(handle))
+        return handle, _check(driver.cuGraphInstantiate(graph, 0)), graph
+
+    def replay_graph(self, graph, stream) -> None:
+        from cuda.bindings import driver
+
+        handle, executable, _ = graph
+        _check(driver.cuGraphLaunch(executable, handle))
+
+
+def _check(result):
+    """cuda-bindings returns (CUresult, value...): raise on an error, return the value."""
+    err, *value = result if isinstance(result, tuple) else (result,)
+    if int(err) != 0:
+        raise RuntimeError(f"CUDA driver error {err}")
+    return value[0] if len(value) == 1 else (value or None)

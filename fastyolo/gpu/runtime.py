@@ -10,6 +10,11 @@ Per call, on one stream, with one host wait per result:
     D2H    one copy of the result buffer's head: counts, offsets and the first kept rows, sync
            (a second copy only if more than FIRST_COPY_ROWS boxes survive in the whole batch)
 
+With `cuda_graph=True` (the default where the device can capture) all of the device work of a
+call, from the H2D copy to the D2H copy, is captured once per (batch, conf, iou, top_k) into a
+CUDA graph at fixed buffer addresses and replayed per call: one launch, one wait. Stage timing
+(timing=True) runs the steps eagerly, since events inside a graph would time the graph alone.
+
 Resizing stays on the host: doing it on the device would mean uploading the whole frame
 (1.5 MB for 960x540) instead of 150 kB. Buffers are allocated once for the engine's largest
 batch and their addresses given to TensorRT once.
@@ -59,7 +64,7 @@ class TensorRTPipeline:
     """The Pipeline protocol (fastyolo.pipeline) on an NVIDIA GPU."""
 
     def __init__(self, path: str | os.PathLike, precision: str = "fp32", *, tensorrt: ModuleType | None = None,
-                 device=None, timing: bool = False):
+                 device=None, timing: bool = False, cuda_graph: bool = True):
         path = Path(path)
         if not path.is_file():
             raise ModelError(f"engine file not found: {path}")
@@ -127,6 +132,12 @@ class TensorRTPipeline:
         self.stream.synchronize()
 
         self.timing = timing
+        # A graph per (batch, thresholds); the device double captures too, so the control flow is tested.
+        self.use_graphs = bool(cuda_graph) and not timing and hasattr(device, "capture_graph")
+        self._graphs: dict[tuple, Any] = {}
+        self._contexts: dict[int, Any] = {}
+        self._n = 1
+        self.graph_captures = 0
         self._events = {name: device.event() for name in ("start", *TIMED_STAGES)} if timing else {}
         metadata = info.get("model_metadata", {})
         self.info = {
@@ -140,6 +151,7 @@ class TensorRTPipeline:
             "untrained": metadata.get("fastyolo.untrained") == "true",
             "tensorrt": str(trt.__version__),
             "max_batch": self.max_batch,
+            "cuda_graph": self.use_graphs,
         }
 
     # ------------------------------------------------------------------ setup
@@ -174,35 +186,64 @@ class TensorRTPipeline:
                              f"split the batch or rebuild with 'fastyolo build-engine ... --batch {n}'")
         for i, frame in enumerate(frames):
             self._rgb_host[i] = resize_rgb(check_frame(frame))
+        if not self.use_graphs:  # with graphs the upload is part of the replay, in postprocess
+            self._queue_input(n)
+        return DeviceBatch(n)
+
+    def _queue_input(self, n: int) -> None:
         self._record("start")
         self.device.upload(self._rgb_host[:n], self._rgb[:n], self.stream)
         self.device.launch_normalize(self._rgb[:n], self._input[:n], self._scale, self._shift, self.stream)
         self._record("h2d")
-        return DeviceBatch(n)
 
     def infer(self, batch: DeviceBatch) -> DeviceGrids:
         n = batch.n
-        if not self.context.set_input_shape(INPUT_NAME, (n, 3, INPUT_SIZE, INPUT_SIZE)):
+        if not self._context(n).set_input_shape(INPUT_NAME, (n, 3, INPUT_SIZE, INPUT_SIZE)):
             raise ModelError(f"{self.path.name} rejects batch {n} (its profile is 1..{self.max_batch})")
-        if not self.context.execute_async_v3(int(self.stream)):
+        self._n = n
+        if not self.use_graphs:  # with graphs execute_async_v3 is captured (shapes set above, on the host)
+            self._queue_execute()
+        return DeviceGrids(n, self._output[:n])
+
+    def _context(self, n: int):
+        """Eager: the one context. Graphs: one context per batch size, its shape never changed after capture."""
+        if not self.use_graphs:
+            return self.context
+        context = self._contexts.get(n)
+        if context is None:
+            context = self.context if not self._contexts else self.engine.create_execution_context()
+            buffers = {INPUT_NAME: self._input, OUTPUT_NAME: self._output}
+            for name in self._io_names():
+                context.set_tensor_address(name, self.device.address(buffers[name]))
+            self._contexts[n] = context
+        return context
+
+    def _queue_execute(self) -> None:
+        if not self._context(self._n).execute_async_v3(int(self.stream)):
             raise ModelError(f"TensorRT failed to run {self.path.name} (see its log above)")
         self._record("infer")
-        return DeviceGrids(n, self._output[:n])
 
     def postprocess(self, grids: DeviceGrids, sizes: np.ndarray, conf: float, iou: float, top_k: int) -> list[Detections]:
         from fastyolo.kernels.cuda import ROW_VALUES  # numba.cuda is imported once a pipeline exists
 
         n, device, stream = grids.n, self.device, self.stream
         self._sizes_host[:n] = sizes
-        device.upload(self._sizes_host[:n], self._sizes[:n], stream)
-        device.upload(self._zero_host, self._result[:1], stream)
-        header = self._result[: 1 + 2 * n]
-        device.launch_decode_nms(grids.grids, self._sizes[:n], conf, iou, top_k, self._rows, header, stream)
-        self._record("decode_nms")
         bound = n * min(int(top_k), MAX_BOXES)  # kept rows can never exceed this
         first = self._header_words + min(bound, FIRST_COPY_ROWS) * ROW_VALUES
-        device.download(self._result[:first], self._result_host[:first], stream)
-        self._record("d2h")
+        if self.use_graphs:
+            key = (n, float(conf), float(iou), int(top_k))
+            graph = self._graphs.get(key)
+            if graph is None:
+                try:
+                    graph = self._capture(key, first)
+                except Exception as exc:  # not measured on every driver/TensorRT: say so and run eagerly
+                    self.use_graphs = False
+                    self.info["cuda_graph"] = f"off: capture failed ({type(exc).__name__}: {exc})"
+                    self._queue_call(key, first)
+            if graph is not None:
+                device.replay_graph(graph, stream)
+        else:
+            self._queue_decode(n, conf, iou, top_k, first)
         stream.synchronize()
         header_host = self._result_host[: 1 + 2 * n].copy()
         total = int(header_host[0])
@@ -217,6 +258,31 @@ class TensorRTPipeline:
             block = rows[start : start + count]
             out.append(Detections(block[:, :4].copy(), block[:, 4].copy(), block[:, 5].astype(np.int32)))
         return out
+
+    def _queue_decode(self, n: int, conf: float, iou: float, top_k: int, first: int) -> None:
+        device, stream = self.device, self.stream
+        device.upload(self._sizes_host[:n], self._sizes[:n], stream)
+        device.upload(self._zero_host, self._result[:1], stream)
+        header = self._result[: 1 + 2 * n]
+        device.launch_decode_nms(self._output[:n], self._sizes[:n], conf, iou, top_k, self._rows, header, stream)
+        self._record("decode_nms")
+        device.download(self._result[:first], self._result_host[:first], stream)
+        self._record("d2h")
+
+    def _queue_call(self, key: tuple, first: int) -> None:
+        """Everything a call puts on the stream, from the pinned frames to the pinned result."""
+        self._queue_input(key[0])
+        self._queue_execute()
+        self._queue_decode(*key, first)
+
+    def _capture(self, key: tuple, first: int):
+        """One eager run first (TensorRT and the kernels do their lazy set-up outside the capture), then capture."""
+        self._queue_call(key, first)
+        self.stream.synchronize()
+        graph = self.device.capture_graph(self.stream, lambda: self._queue_call(key, first))
+        self._graphs[key] = graph
+        self.graph_captures += 1
+        return graph
 
     # ------------------------------------------------------------------ stage timing (bench)
 
