@@ -11,7 +11,7 @@ from fastyolo.layout import BOX_OFFSET, BOXES, CELL_SIZE, CLASS_OFFSET, CLASSES,
 
 torch = pytest.importorskip("torch", reason="training needs the [train] extra (torch)")
 
-from fastyolo.train.loss import LAMBDA_COORD, LAMBDA_NOOBJ, SQRT_EPS, yolo_loss  # noqa: E402
+from fastyolo.train.loss import LAMBDA_COORD, LAMBDA_NOOBJ, PROB_EPS, SQRT_EPS, yolo_loss  # noqa: E402
 
 
 def iou_ref(a, b, row, col):
@@ -29,8 +29,16 @@ def iou_ref(a, b, row, col):
     return inter / union if union > 0 else 0.0
 
 
-def loss_ref(pred: np.ndarray, tboxes: np.ndarray, tmask: np.ndarray, tclasses: np.ndarray) -> float:
-    """The YOLO v1 loss written out cell by cell, object by object, in float64 Python."""
+def _bce(p: float, t: float) -> float:
+    p = min(max(p, PROB_EPS), 1.0 - PROB_EPS)
+    return -(t * math.log(p) + (1.0 - t) * math.log(1.0 - p))
+
+
+def loss_ref(pred: np.ndarray, tboxes: np.ndarray, tmask: np.ndarray, tclasses: np.ndarray, objective: str = "sse") -> float:
+    """The YOLO v1 loss written out cell by cell, object by object, in float64 Python.
+
+    objective "sse": the paper's squared errors; "bce": cross-entropy for confidences and classes.
+    """
     total = 0.0
     n = pred.shape[0]
     for i in range(n):
@@ -56,12 +64,13 @@ def loss_ref(pred: np.ndarray, tboxes: np.ndarray, tmask: np.ndarray, tclasses: 
                         total += LAMBDA_COORD * ((x - truth[0]) ** 2 + (y - truth[1]) ** 2)
                         total += LAMBDA_COORD * (math.sqrt(w + SQRT_EPS) - math.sqrt(truth[2] + SQRT_EPS)) ** 2
                         total += LAMBDA_COORD * (math.sqrt(h + SQRT_EPS) - math.sqrt(truth[3] + SQRT_EPS)) ** 2
-                        total += (confs[b] - iou) ** 2
+                        total += (confs[b] - iou) ** 2 if objective == "sse" else _bce(confs[b], iou)
                     else:
-                        total += LAMBDA_NOOBJ * confs[b] ** 2
+                        total += LAMBDA_NOOBJ * (confs[b] ** 2 if objective == "sse" else _bce(confs[b], 0.0))
                 if tmask[i, row, col].any():
                     for c in range(CLASSES):
-                        total += (cell[CLASS_OFFSET + c] - float(tclasses[i, row, col, c])) ** 2
+                        p, t = cell[CLASS_OFFSET + c], float(tclasses[i, row, col, c])
+                        total += (p - t) ** 2 if objective == "sse" else -t * math.log(max(p, PROB_EPS))
     return total / n
 
 
@@ -90,18 +99,19 @@ def random_case(seed: int, n: int = 2):
     return pred, tboxes, tmask, tclasses
 
 
-@pytest.mark.parametrize("seed", range(12))
-def test_vectorised_loss_equals_cell_by_cell_reference(seed):
+@pytest.mark.parametrize("objective", ["bce", "sse"])
+@pytest.mark.parametrize("seed", range(8))
+def test_vectorised_loss_equals_cell_by_cell_reference(seed, objective):
     pred, tboxes, tmask, tclasses = random_case(seed)
     counts = tmask.sum(-1)
     assert (counts == 0).any() and (counts == 1).any() and (counts == 2).any()
     loss, parts = yolo_loss(*(torch.from_numpy(a).double() if a.dtype != bool else torch.from_numpy(a)
-                              for a in (pred, tboxes, tmask, tclasses)))
-    expected = loss_ref(pred, tboxes, tmask, tclasses)
+                              for a in (pred, tboxes, tmask, tclasses)), objective=objective)
+    expected = loss_ref(pred, tboxes, tmask, tclasses, objective)
     assert float(loss) == pytest.approx(expected, rel=1e-9, abs=1e-9)
     assert float(sum(parts.values())) == pytest.approx(expected, rel=1e-9)
     # float32, as in training
-    loss32, _ = yolo_loss(*(torch.from_numpy(a) for a in (pred, tboxes, tmask, tclasses)))
+    loss32, _ = yolo_loss(*(torch.from_numpy(a) for a in (pred, tboxes, tmask, tclasses)), objective=objective)
     assert float(loss32) == pytest.approx(expected, rel=1e-5)
 
 
@@ -120,7 +130,7 @@ def test_greedy_assignment_when_both_objects_prefer_the_same_box():
     tmask[0, 4, 4] = True
     tclasses = np.zeros((1, GRID, GRID, CLASSES), np.float32)
     tclasses[0, 4, 4, 0] = 1.0
-    _, parts = yolo_loss(*(torch.from_numpy(a) for a in (pred, tboxes, tmask, tclasses)))
+    _, parts = yolo_loss(*(torch.from_numpy(a) for a in (pred, tboxes, tmask, tclasses)), objective="sse")
     # box 0 answers object 0 exactly (no coordinate error, conf target 1); box 1 answers object 1 (IoU 0).
     sq = lambda a, b: (math.sqrt(a + SQRT_EPS) - math.sqrt(b + SQRT_EPS)) ** 2  # noqa: E731
     box1 = (0.9 - 0.1) ** 2 + (0.9 - 0.1) ** 2 + 2 * sq(0.01, 0.05)

@@ -18,7 +18,8 @@ def save_checkpoint(path: str | os.PathLike, model: YoloNet, **extra: Any) -> No
     """Save model weights, backbone name, layout and anything in `extra` (optimizer, epoch, ...)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {"model": model.state_dict(), "backbone": model.backbone_name, "layout": describe(), **extra}
+    state = {"model": model.state_dict(), "backbone": model.backbone_name, "head": model.head_name, "layout": describe(),
+             **extra}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -56,7 +57,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 def load_model(path: str | os.PathLike) -> YoloNet:
     """The network of a checkpoint, in eval mode."""
     state = load_checkpoint(path)
-    model = YoloNet(state["backbone"])
+    model = YoloNet(state["backbone"], head=state.get("head", "fc"))  # checkpoints before the conv head: fc
     model.load_state_dict(state["model"])
     return model.eval()
 

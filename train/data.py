@@ -36,14 +36,17 @@ class YoloDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, item: int | tuple[int, int, bool]):
+        # (index, epoch, augment) from ResumableSampler: persistent workers hold their own copy of the
+        # dataset, so the epoch and whether it augments travel with each index.
+        index, epoch, augmented = item if isinstance(item, tuple) else (item, self.epoch, self.augment)
         sample = self.samples[index]
         image = sample.load_image()
         boxes, class_ids = sample.boxes, sample.class_ids
-        if self.augment:
+        if augmented and self.augment:
             from fastyolo.train.augment import augment
 
-            rng = np.random.default_rng([self.seed, self.epoch, index])
+            rng = np.random.default_rng([self.seed, epoch, index])
             image, boxes, class_ids = augment(image, boxes, class_ids, rng)
         height, width = image.shape[:2]
         targets = build_targets(boxes, class_ids, width, height)
@@ -58,23 +61,26 @@ class YoloDataset(Dataset):
         )
 
 
-class ResumableSampler(Sampler[int]):
+class ResumableSampler(Sampler[tuple[int, int, bool]]):
     """A DistributedSampler's indices for one epoch (this rank's share), minus the first `skip` of them.
 
     With one process it is a seeded shuffle (seed + epoch); `skip` lets a run interrupted mid-epoch
-    continue with exactly the batches it had not seen.
+    continue with exactly the batches it had not seen. Yields (index, epoch, augment), so that the
+    DataLoader's persistent workers augment (or not) with the current epoch's draws.
     """
 
     def __init__(self, size: int, *, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1):
         self._inner = DistributedSampler(range(size), num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed)
         self.skip = 0
+        self.epoch = 0
+        self.augment = True
 
-    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+    def set_epoch(self, epoch: int, skip: int = 0, augment: bool = True) -> None:
         self._inner.set_epoch(epoch)
-        self.skip = skip
+        self.epoch, self.skip, self.augment = epoch, skip, augment
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(list(self._inner)[self.skip :])
+    def __iter__(self) -> Iterator[tuple[int, int, bool]]:
+        return iter([(i, self.epoch, self.augment) for i in list(self._inner)[self.skip :]])
 
     def __len__(self) -> int:
         return len(self._inner) - self.skip

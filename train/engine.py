@@ -15,7 +15,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,49 +23,24 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from fastyolo.train.checkpoint import load_checkpoint, read_torch_file, rng_state, save_checkpoint, set_rng_state
+from fastyolo.train.config import TrainConfig
 from fastyolo.train.data import ResumableSampler, YoloDataset
 from fastyolo.train.loss import yolo_loss
 from fastyolo.train.model import YoloNet
-from fastyolo.train.schedule import MILESTONES, WARMUP, make_optimizer, make_scheduler
+from fastyolo.train.schedule import make_optimizer, make_scheduler
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from fastyolo.datasets import Sample
 from fastyolo.detections import Detections
 from fastyolo.errors import FastYoloError, ModelError
-from fastyolo.layout import BOXES, CELL_SIZE, CONF_OFFSET, GRID
 
 EVAL_CONF = 0.01  # keep low-score boxes: mAP integrates over every threshold
 EVAL_IOU = 0.45  # NMS threshold, the Detector's default
 EVAL_TOP_K = 100
 CONF_PRIOR = 0.01  # initial box confidence, see set_confidence_prior
 LOSS_PARTS = ("box", "obj", "noobj", "cls")
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a run; saved in every checkpoint so --resume continues the same run."""
-
-    out: str
-    epochs: int = 100
-    batch: int = 16
-    backbone: str = "resnet50"
-    pretrained: str | None = None
-    init: str | None = None  # a fastyolo checkpoint to start from (fine-tuning), instead of random weights
-    optimizer: str = "sgd"
-    lr: float | None = None  # None: the optimizer's default (SGD 1e-2, AdamW 3e-4)
-    warmup: float = WARMUP
-    milestones: tuple[float, ...] = MILESTONES
-    augment: bool = True
-    dropout: float = 0.5
-    freeze_bn: float = 1.0  # from this fraction of the epochs on, BatchNorm uses its running statistics
-    seed: int = 0
-    workers: int = 2
-    device: str = "auto"
-    eval_every: int = 1
-    min_size: float = 0.0  # boxes smaller than this (pixels) are ignored by the mAP
-    val_name: str = "val"  # how to call the validation frames: "val", or "train" when they are the training frames
-    extra: dict[str, Any] = field(default_factory=dict)
+BN_FRAMES = 256  # training frames that set the BatchNorm statistics after each epoch
 
 
 @dataclass
@@ -191,8 +166,42 @@ def _loader(dataset: YoloDataset, batch: int, workers: int, device: torch.device
         pin_memory=device.type == "cuda",
         # Seeds the workers' base seed; a fixed generator keeps the global torch RNG (dropout) untouched.
         generator=torch.Generator().manual_seed(0),
-        persistent_workers=False,
+        # Workers live for the whole run: starting them every epoch cost more than a small epoch's steps.
+        persistent_workers=workers > 0,
     )
+
+
+def recalibrate_batchnorm(model: torch.nn.Module, loader: DataLoader, device: torch.device) -> None:
+    """Recompute every BatchNorm's running statistics as the exact average over `loader`'s frames.
+
+    Training normalises with each batch's statistics, inference with the running averages; while
+    the weights move fast the exponential average lags them, and a model that fits its training
+    batches did not fit them in eval mode (the overfit once needed frozen BatchNorm for that).
+    Averaging over un-augmented training frames at the current weights closes that gap (Detectron2's
+    "precise BN"). The training step itself never reads these statistics, so training is unchanged.
+    """
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    was_training = model.training
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches that follow
+    model.train()
+    with torch.no_grad():
+        for batch in loader:
+            model(batch[0].to(device, non_blocking=True))
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    model.train(was_training)
+
+
+def calibration_subset(samples: Sequence[Sample], limit: int = BN_FRAMES) -> list[Sample]:
+    """Up to `limit` frames spread evenly over the training set, in a fixed order."""
+    if len(samples) <= limit:
+        return list(samples)
+    return [samples[i] for i in np.linspace(0, len(samples) - 1, limit).round().astype(int)]
 
 
 def _write_history(out: Path, history: list[dict[str, Any]]) -> None:
@@ -232,10 +241,11 @@ def fit(
         out.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(config.seed)
-    model = YoloNet(config.backbone, dropout=config.dropout)
+    model = YoloNet(config.backbone, head=config.head, dropout=config.dropout)
     set_confidence_prior(model, CONF_PRIOR)
-    if config.pretrained and not resume:
-        load_pretrained(model, config.pretrained)
+    pretrained = resolve_pretrained(config.pretrained, config.backbone)
+    if pretrained and not resume:
+        load_pretrained(model, pretrained)
     if config.init and not resume:
         start = load_checkpoint(config.init)
         if start["backbone"] != config.backbone:
@@ -246,8 +256,11 @@ def fit(
 
     train_set = YoloDataset(train_samples, augment=config.augment, seed=config.seed)
     val_set = YoloDataset(val_samples, augment=False)
+    bn_set = YoloDataset(calibration_subset(train_samples), augment=False)
     sampler = ResumableSampler(len(train_set), shuffle=True, seed=config.seed, rank=ddp.rank, world_size=ddp.world_size)
     steps_per_epoch = math.ceil(len(sampler) / config.batch)
+    # The last epochs see the frames as inference will: the network settles on the real distribution.
+    augment_until = config.epochs - round(config.clean_tail * config.epochs) if config.augment else 0
     scheduler = make_scheduler(optimizer, config.epochs * steps_per_epoch, config.warmup, config.milestones)
 
     start_epoch, skip_batches, history, best_map = 0, 0, [], -1.0
@@ -266,6 +279,8 @@ def fit(
     if ddp.world_size > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     val_loader = _loader(val_set, config.batch, config.workers, device) if ddp.main and len(val_set) else None
+    loader = _loader(train_set, config.batch, config.workers, device, sampler)
+    bn_loader = _loader(bn_set, config.batch, config.workers, device) if config.precise_bn else None
 
     def save_last(epoch: int, batches_done: int, sums: dict[str, float]) -> None:
         save_checkpoint(
@@ -279,8 +294,7 @@ def fit(
         for epoch in range(start_epoch, config.epochs):
             started = time.perf_counter()
             train_set.set_epoch(epoch)
-            sampler.set_epoch(epoch, skip=skip_batches * config.batch)
-            loader = _loader(train_set, config.batch, config.workers, device, sampler)
+            sampler.set_epoch(epoch, skip=skip_batches * config.batch, augment=epoch < augment_until)
             sums = dict(partial) or {k: 0.0 for k in ("loss", *LOSS_PARTS, "images", "dropped")}
             net.train()
             if epoch >= round(config.freeze_bn * config.epochs):
@@ -318,6 +332,8 @@ def fit(
                     raise KeyboardInterrupt
             bar.close()
             skip_batches, partial = 0, {}
+            if bn_loader is not None and epoch < round(config.freeze_bn * config.epochs):
+                recalibrate_batchnorm(model, bn_loader, device)
 
             row: dict[str, Any] = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0]}
             images_seen = max(sums["images"], 1.0)
@@ -365,10 +381,8 @@ def set_confidence_prior(model: YoloNet, prior: float) -> None:
     that later becomes responsible then gets no gradient and never lights up. RetinaNet's prior
     initialisation for the same reason.
     """
-    last = model.head[-1]
     with torch.no_grad():
-        bias = last.bias.view(GRID, GRID, CELL_SIZE)
-        bias[..., CONF_OFFSET : CONF_OFFSET + BOXES] = math.log(prior / (1.0 - prior))
+        model.confidence_bias()[...] = math.log(prior / (1.0 - prior))
 
 
 def _should_stop(flag: bool, ddp: Distributed, device: torch.device) -> bool:
@@ -387,6 +401,19 @@ def _summary(row: dict[str, Any], config: TrainConfig) -> str:
         text += f", {v} loss {row['val_loss']:.4f}, {v} mAP@0.5 {row['val_map50']:.3f}"
         text += f", mAP@0.5:0.95 {row['val_map50_95']:.3f}"
     return text + f" ({row['seconds']:.1f} s)"
+
+
+def resolve_pretrained(setting: str | None, backbone: str) -> str | None:
+    """The ImageNet weights file to start from: "auto" finds the backbone's installed weights, if any."""
+    if setting in (None, "", "none"):
+        return None
+    if setting != "auto":
+        return setting
+    if backbone == "efficientnet_lite0":
+        from fastyolo.train.efficientnet import find_pretrained
+
+        return find_pretrained()
+    return None
 
 
 def load_pretrained(model: YoloNet, path: str | os.PathLike) -> None:

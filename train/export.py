@@ -56,6 +56,7 @@ def export_onnx(
     metadata = {
         **describe(),
         "fastyolo.backbone": model.backbone_name,
+        "fastyolo.head": model.head_name,
         "fastyolo.untrained": "true" if untrained else "false",
         "fastyolo.precision": "fp32",
         **(extra_metadata or {}),

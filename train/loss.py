@@ -28,6 +28,7 @@ from fastyolo.layout import BOX_OFFSET, BOX_VALUES, BOXES, CLASS_OFFSET, CLASSES
 
 LAMBDA_COORD = 5.0
 LAMBDA_NOOBJ = 0.5
+PROB_EPS = 1e-7  # log() of the network's probabilities stays finite
 SQRT_EPS = 1e-9  # keeps d sqrt(w)/dw finite when a predicted width reaches 0
 
 
@@ -82,6 +83,8 @@ def yolo_loss(
     *,
     lambda_coord: float = LAMBDA_COORD,
     lambda_noobj: float = LAMBDA_NOOBJ,
+    rescore: bool = True,
+    objective: str = "bce",
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Loss averaged over the batch, and its four parts (detached) for logging.
 
@@ -97,16 +100,24 @@ def yolo_loss(
         responsible = resp.any(dim=-2)  # (N, S, S, Bp)
         # For each predicted slot, the object it answers for (zeros when it answers for none).
         matched = torch.einsum("...tp,...tk->...pk", weights, target_boxes)
-        conf_target = (weights * iou).sum(dim=-2)
+        conf_target = (weights * iou).sum(dim=-2) if rescore else weights.sum(dim=-2)
     resp_w = responsible.to(pred.dtype)
 
     xy = ((p_boxes[..., :2] - matched[..., :2]) ** 2).sum(-1)
     wh = ((torch.sqrt(p_boxes[..., 2:] + SQRT_EPS) - torch.sqrt(matched[..., 2:] + SQRT_EPS)) ** 2).sum(-1)
     box = lambda_coord * ((xy + wh) * resp_w).sum()
-    obj = (((p_conf - conf_target) ** 2) * resp_w).sum()
-    noobj = lambda_noobj * ((p_conf**2) * (1.0 - resp_w)).sum()
     has_object = mask.any(dim=-1).to(pred.dtype)
-    cls = (((p_classes - target_classes) ** 2).sum(-1) * has_object).sum()
+    if objective == "sse":  # the paper's squared errors
+        obj = (((p_conf - conf_target) ** 2) * resp_w).sum()
+        noobj = lambda_noobj * ((p_conf**2) * (1.0 - resp_w)).sum()
+        cls = (((p_classes - target_classes) ** 2).sum(-1) * has_object).sum()
+    else:
+        # Cross-entropy: its gradient at the logit is (p - target), where the squared error's is
+        # 2 (p - target) p (1 - p), which vanishes at the confidence prior and kept every box dark.
+        p = p_conf.clamp(PROB_EPS, 1.0 - PROB_EPS)
+        obj = (-(conf_target * p.log() + (1.0 - conf_target) * (1.0 - p).log()) * resp_w).sum()
+        noobj = lambda_noobj * (-(1.0 - p).log() * (1.0 - resp_w)).sum()
+        cls = (-(target_classes * p_classes.clamp(min=PROB_EPS).log()).sum(-1) * has_object).sum()
 
     n = pred.shape[0]
     total = (box + obj + noobj + cls) / n

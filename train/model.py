@@ -1,8 +1,18 @@
-"""The YOLO v1 network on a ResNet feature extractor.
+"""The YOLO v1 network on a ResNet (or EfficientNet-Lite0) feature extractor.
 
 The ResNet is written here (PyPI's torchvision does not install beside the CPU torch wheel) with
 torchvision's module and parameter names, so a torchvision ImageNet state dict loads into
-`YoloNet.backbone` unchanged.
+`YoloNet.backbone` unchanged. EfficientNet-Lite0 lives in efficientnet.py.
+
+Two heads map the features to the (N, 11, 11, 13) grid:
+
+- "conv" (the default): the stride-16 and stride-32 feature maps resampled onto the 11x11 grid,
+  concatenated, then 1x1 + two 3x3 convolutions and a 1x1 to the 13 cell values. Every cell is
+  predicted from the features at its own place in the image by the same weights, so what is
+  learnt about a car in one cell holds in every cell: it trains from a few frames and generalises
+  from a few hundred, where the FC head had to learn each cell separately.
+- "fc": YOLO v1's own: globally pooled features -> Linear(2048) -> ReLU -> Dropout ->
+  Linear(11*11*13). Kept so that checkpoints made before the conv head still load.
 """
 
 from __future__ import annotations
@@ -10,9 +20,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fastyolo.layout import CELL_SIZE, CLASS_OFFSET, CLASSES, GRID, OUTPUT_SIZE
+from fastyolo.layout import BOXES, CELL_SIZE, CLASS_OFFSET, CLASSES, CONF_OFFSET, GRID, OUTPUT_SIZE
 
 
 def _conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -69,7 +80,9 @@ _SPECS: dict[str, tuple[type[BasicBlock] | type[Bottleneck], list[int]]] = {
     "resnet34": (BasicBlock, [3, 4, 6, 3]),
     "resnet50": (Bottleneck, [3, 4, 6, 3]),
 }
-BACKBONES = tuple(_SPECS)
+RESNETS = tuple(_SPECS)
+BACKBONES = (*RESNETS, "efficientnet_lite0")
+HEADS = ("conv", "fc")
 
 
 class ResNet(nn.Module):
@@ -108,11 +121,19 @@ class ResNet(nn.Module):
         layers += [block(self.inplanes, planes) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
+    def feature_maps(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The stride-16 and stride-32 feature maps (layer3, layer4)."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        c4 = self.layer3(self.layer2(self.layer1(x)))
+        return c4, self.layer4(c4)
+
+    @property
+    def map_channels(self) -> tuple[int, int]:
+        return 256 * self.layer1[0].expansion, self.feature_dim
+
     def features(self, x: Tensor) -> Tensor:
         """Globally pooled features, (N, feature_dim)."""
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return torch.flatten(self.avgpool(x), 1)
+        return torch.flatten(self.avgpool(self.feature_maps(x)[1]), 1)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc(self.features(x))
@@ -125,36 +146,96 @@ def resnet(name: str, num_classes: int = 1000) -> ResNet:
     return ResNet(block, layers, num_classes)
 
 
-class YoloNet(nn.Module):
-    """ResNet features -> Linear(feat, 2048) + ReLU + Dropout(0.5) -> Linear(2048, S*S*CELL_SIZE).
+def make_backbone(name: str) -> nn.Module:
+    """A feature extractor with feature_maps(x) -> (stride 16, stride 32), map_channels, features(x), feature_dim."""
+    if name == "efficientnet_lite0":
+        from fastyolo.train.efficientnet import EfficientNetLite0
 
-    Returns (N, S, S, CELL_SIZE) final values: softmax over the class scores, sigmoid over the
-    confidences and box coordinates, so training, export and every backend see the same numbers.
+        return EfficientNetLite0()
+    net = resnet(name)
+    net.fc = nn.Identity()  # the ImageNet classifier is not used; see load_backbone
+    return net
+
+
+class GridHead(nn.Module):
+    """Stride-16 and stride-32 maps resampled to the GRID x GRID cells -> CELL_SIZE values per cell.
+
+    Bilinear resampling with align_corners=False puts each output cell's sample at the centre of
+    its 1/GRID of the image, the cell the targets assign objects to.
     """
 
-    def __init__(self, backbone: str = "resnet50", hidden: int = 2048, dropout: float = 0.5):
+    def __init__(self, in_channels: tuple[int, int], width: int = 256, dropout: float = 0.0):
         super().__init__()
-        self.backbone_name = backbone
-        self.backbone = resnet(backbone)
-        self.backbone.fc = nn.Identity()  # the ImageNet classifier is not used; see load_backbone
-        self.head = nn.Sequential(
-            nn.Linear(self.backbone.feature_dim, hidden),
-            nn.ReLU(inplace=True),
+
+        def conv_bn(cin: int, cout: int, k: int) -> list[nn.Module]:
+            return [nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+        self.body = nn.Sequential(
+            *conv_bn(sum(in_channels), width, 1), *conv_bn(width, width, 3), *conv_bn(width, width, 3),
             nn.Dropout(dropout),
-            nn.Linear(hidden, OUTPUT_SIZE),
         )
+        self.out = nn.Conv2d(width, CELL_SIZE, 1)
+        nn.init.normal_(self.out.weight, std=0.01)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, c4: Tensor, c5: Tensor) -> Tensor:
+        size = (GRID, GRID)
+        x = torch.cat([F.interpolate(c, size=size, mode="bilinear", align_corners=False) for c in (c4, c5)], dim=1)
+        return self.out(self.body(x)).permute(0, 2, 3, 1)  # (N, S, S, CELL_SIZE)
+
+    @property
+    def conf_bias(self) -> Tensor:
+        """The output bias entries of the box confidences, (BOXES,)."""
+        return self.out.bias[CONF_OFFSET : CONF_OFFSET + BOXES]
+
+
+class YoloNet(nn.Module):
+    """Backbone features -> head (module docstring: "conv" or "fc") -> (N, S, S, CELL_SIZE) final values.
+
+    Softmax over the class scores, sigmoid over the confidences and box coordinates, inside the
+    network, so training, export and every backend see the same numbers.
+    """
+
+    def __init__(self, backbone: str = "resnet50", head: str = "conv", hidden: int = 2048, dropout: float = 0.0):
+        super().__init__()
+        if head not in HEADS:
+            raise ValueError(f"unknown head {head!r}: choose one of {', '.join(HEADS)}")
+        if backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {backbone!r}: choose one of {', '.join(BACKBONES)}")
+        self.backbone_name = backbone
+        self.head_name = head
+        self.backbone = make_backbone(backbone)
+        if head == "conv":
+            self.head = GridHead(self.backbone.map_channels, dropout=dropout)
+        else:
+            self.head = nn.Sequential(
+                nn.Linear(self.backbone.feature_dim, hidden),
+                nn.ReLU(inplace=True),
+                nn.Dropout(dropout),
+                nn.Linear(hidden, OUTPUT_SIZE),
+            )
 
     def forward(self, images: Tensor) -> Tensor:
-        raw = self.head(self.backbone.features(images)).view(-1, GRID, GRID, CELL_SIZE)
+        if self.head_name == "conv":
+            raw = self.head(*self.backbone.feature_maps(images))
+        else:
+            raw = self.head(self.backbone.features(images)).view(-1, GRID, GRID, CELL_SIZE)
         class_end = CLASS_OFFSET + CLASSES
         classes = torch.softmax(raw[..., CLASS_OFFSET:class_end], dim=-1)
         rest = torch.sigmoid(raw[..., class_end:])
         # CLASS_OFFSET is 0: class scores first, then confidences and boxes, as in layout.py.
         return torch.cat([classes, rest], dim=-1)
 
+    def confidence_bias(self) -> Tensor:
+        """A view of the output bias entries that set the box confidences (for the prior)."""
+        if self.head_name == "conv":
+            return self.head.conf_bias
+        return self.head[-1].bias.view(GRID, GRID, CELL_SIZE)[..., CONF_OFFSET : CONF_OFFSET + BOXES]
+
     def load_backbone(self, state_dict: Mapping[str, Tensor]) -> None:
-        """Load a torchvision ResNet ImageNet state dict (its fc.* entries are dropped)."""
-        weights = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
+        """Load ImageNet weights into the backbone: a torchvision ResNet state dict, or for
+        efficientnet_lite0 an efficientnet_pytorch one (the classifier entries are dropped)."""
+        weights = {k: v for k, v in state_dict.items() if not k.startswith(("fc.", "_fc."))}
         own = self.backbone.state_dict()
         missing = [k for k in own if k not in weights]
         unexpected = [k for k in weights if k not in own]

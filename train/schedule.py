@@ -14,9 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from fastyolo.train.config import MILESTONES, WARMUP
 
-MILESTONES = (0.6, 0.8, 0.9)
-WARMUP = 0.05
 SGD_LR = 1e-2
 ADAM_LR = 3e-4
 MOMENTUM = 0.9

@@ -1,4 +1,8 @@
-"""fastyolo train: train the detector on labelled frames (Udacity CSV or KITTI), with validation mAP and resume."""
+"""fastyolo train: train the detector on labelled frames (Udacity CSV or KITTI), with validation mAP and resume.
+
+Every default comes from `fastyolo.train.config.TrainConfig` (torch-free, so the parser builds
+without the [train] extra); the CLI only shows and passes them on.
+"""
 
 from __future__ import annotations
 
@@ -9,41 +13,107 @@ from pathlib import Path
 
 from fastyolo.errors import FastYoloError, MissingDependencyError
 
-# Settings that define a run; --resume takes them from last.pt (device and workers may change).
+# Settings that define a run's data; --resume keeps them unless the command line gives new ones.
 RUN_SETTINGS = ("data", "labels", "val", "val_split", "skip_malformed")
+BACKBONES = ("resnet18", "resnet34", "resnet50", "efficientnet_lite0")  # train/model.py BACKBONES (no torch here)
+
+
+def _defaults() -> dict:
+    """TrainConfig's field defaults."""
+    from fastyolo.train.config import TrainConfig
+
+    return {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
+    d = _defaults()
     p = subparsers.add_parser(
         "train", help="train on labelled frames (needs the [train] extra)",
         description="Train the YOLO network. Multi-GPU: torchrun --nproc-per-node K -m fastyolo.cli train ...",
     )
-    p.add_argument("--data", type=Path, help="folder with labels.csv or label_2/ and the images")
-    p.add_argument("--labels", type=Path, help="labels file, if not DATA/labels.csv")
+    p.add_argument("--data", type=Path, nargs="+",
+                   help="one or more folders with labels.csv or label_2/ and the images (their frames are pooled)")
+    p.add_argument("--labels", type=Path, help="labels file, if not DATA/labels.csv (one --data only)")
     split = p.add_mutually_exclusive_group()
     split.add_argument("--val-split", type=float, default=0.2,
                        help="fraction of DATA held out for validation; 0 validates on the training frames [0.2]")
-    split.add_argument("--val", type=Path, help="separate validation folder (instead of --val-split)")
+    split.add_argument("--val", type=Path, nargs="+", help="separate validation folder(s) (instead of --val-split)")
     p.add_argument("--out", type=Path, required=True, help="run folder: last.pt, best.pt, metrics.jsonl, curves.png")
-    p.add_argument("--epochs", type=int, default=100)
-    p.add_argument("--batch", type=int, default=16, help="images per step (per process under torchrun) [16]")
-    p.add_argument("--backbone", default="resnet50", choices=("resnet18", "resnet34", "resnet50"))
-    p.add_argument("--pretrained", type=Path, help="torchvision ImageNet ResNet state dict (.pth) for the backbone")
+    p.add_argument("--epochs", type=int, default=d["epochs"],
+                   help=f"epochs; with --resume, a larger number extends a finished run [{d['epochs']}]")
+    p.add_argument("--batch", type=int, default=d["batch"],
+                   help=f"images per step (per process under torchrun) [{d['batch']}]")
+    p.add_argument("--backbone", default=d["backbone"], choices=BACKBONES, help=f"[{d['backbone']}]")
+    p.add_argument("--pretrained", nargs="?", const="auto", default=d["pretrained"],
+                   help="ImageNet weights for the backbone: a torchvision ResNet state dict (.pth); 'auto' (the "
+                        "default) uses efficientnet_lite0's when the [pretrained] extra is installed; 'none': random")
     p.add_argument("--init", type=Path, help="fastyolo checkpoint (.pt) to fine-tune from, e.g. an earlier best.pt")
-    p.add_argument("--optimizer", default="adam", choices=("adam", "sgd"),
-                   help="adam: AdamW 3e-4 (learns far faster from scratch); sgd: the paper's SGD 1e-2 [adam]")
+    p.add_argument("--optimizer", default=d["optimizer"], choices=("adam", "sgd"),
+                   help=f"adam: AdamW (learns far faster from scratch); sgd: the paper's SGD 1e-2 [{d['optimizer']}]")
     p.add_argument("--lr", type=float, help="base learning rate (warm-up from lr/10, /10 at 60%%, 80%%, 90%%)")
     p.add_argument("--no-augment", action="store_true", help="no translate/scale/HSV/flip augmentation")
-    p.add_argument("--dropout", type=float, default=0.5, help="head dropout while training (the network is the same) [0.5]")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda [auto]")
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="DataLoader worker processes")
-    p.add_argument("--eval-every", type=int, default=1, help="validate every N epochs [1]")
-    p.add_argument("--min-size", type=float, default=0.0, help="mAP ignores boxes under this many network-input pixels")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    p.add_argument("--dropout", type=float, default=d["dropout"],
+                   help=f"head dropout while training [{d['dropout']}]")
+    p.add_argument("--seed", type=int, default=d["seed"])
+    p.add_argument("--device", default=d["device"], help="auto, cpu or cuda [auto]")
+    p.add_argument("--workers", type=int, default=d["workers"], help=f"DataLoader worker processes [{d['workers']}]")
+    p.add_argument("--eval-every", type=int, default=d["eval_every"], help="validate every N epochs [1]")
+    p.add_argument("--min-size", type=float, default=d["min_size"],
+                   help="mAP ignores boxes under this many network-input pixels")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out where it stopped (or extend it: --epochs larger than before)")
     p.add_argument("--stop-after", type=int, help="stop cleanly after this epoch (continue later with --resume)")
     p.add_argument("--skip-malformed", action="store_true", help="skip malformed label rows instead of failing")
     return p
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """Out-of-range options stop before anything is read or written."""
+    if args.epochs < 1 or args.batch < 1:
+        raise FastYoloError(f"--epochs and --batch must be at least 1, got {args.epochs} and {args.batch}")
+    if args.lr is not None and not args.lr > 0:
+        raise FastYoloError(f"--lr must be a positive number, got {args.lr}")
+    if not 0.0 <= args.dropout < 1.0:
+        raise FastYoloError(f"--dropout must be in [0, 1), got {args.dropout}")
+    if args.min_size < 0:
+        raise FastYoloError(f"--min-size must be >= 0 pixels, got {args.min_size}")
+    if args.workers < 0 or args.eval_every < 1:
+        raise FastYoloError(f"--workers must be >= 0 and --eval-every >= 1, got {args.workers} and {args.eval_every}")
+    if args.stop_after is not None and args.stop_after < 1:
+        raise FastYoloError(f"--stop-after must be at least 1, got {args.stop_after}")
+    if args.labels is not None and args.data is not None and len(args.data) > 1:
+        raise FastYoloError("--labels names the labels file of one --data folder; with several, give each its labels.csv")
+
+
+def _check_out(out: Path) -> None:
+    """The run folder can be created and written, and is not inside a dataset given as input."""
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise FastYoloError(f"--out {out}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise FastYoloError(f"--out {out}: {probe} is not writable")
+
+
+def _settings(args: argparse.Namespace) -> dict:
+    """The data a run reads, with absolute paths so --resume works from any directory."""
+    def absolute(paths):
+        return [str(Path(p).resolve()) for p in paths] if paths else None
+
+    return {"data": absolute(args.data), "labels": args.labels and str(args.labels.resolve()), "val": absolute(args.val),
+            "val_split": args.val_split, "skip_malformed": args.skip_malformed}
+
+
+def _load(paths: str | list[str], labels: str | None, skip_malformed: bool, say) -> list:
+    from fastyolo.datasets import load_dataset
+
+    samples = []
+    for path in [paths] if isinstance(paths, str) else paths:  # a str: a run saved before --data took several
+        found, report = load_dataset(path, labels, skip_malformed=skip_malformed)
+        say(report)
+        samples += found
+    return samples
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,11 +121,13 @@ def run(args: argparse.Namespace) -> int:
         import torch  # noqa: F401
 
         from fastyolo.train.checkpoint import load_checkpoint
-        from fastyolo.train.engine import TrainConfig, fit, split_samples
+        from fastyolo.train.config import TrainConfig
+        from fastyolo.train.engine import fit, split_samples
     except ImportError:
         raise MissingDependencyError("training needs torch: pip install 'fastyolo[train]'") from None
-    from fastyolo.datasets import load_dataset
 
+    _check_options(args)
+    _check_out(args.out)
     last = args.out / "last.pt"
     if args.resume:
         if not last.is_file():
@@ -66,16 +138,18 @@ def run(args: argparse.Namespace) -> int:
         config.milestones = tuple(config.milestones)
         config.device, config.workers = args.device, args.workers
         settings = config.extra
-        print(f"resume: settings from {last} (only --device and --workers are taken from this command line)")
+        if args.data:  # the data moved (or the run is resumed from another directory)
+            settings.update({k: v for k, v in _settings(args).items() if k in ("data", "labels") and v})
+        if args.epochs > config.epochs:
+            print(f"resume: extending the run from {config.epochs} to {args.epochs} epochs (the schedule is stretched)")
+            config.epochs = args.epochs
+        print(f"resume: settings from {last} (--data, a larger --epochs, --device and --workers may change)")
     else:
         if last.is_file():
             raise FastYoloError(f"{args.out} holds a run ({last}): add --resume to continue it, or use another --out")
-        if args.data is None:
+        if not args.data:
             raise FastYoloError("--data DIR is required (a folder with labels.csv or label_2/ and the images)")
-        if args.epochs < 1 or args.batch < 1:
-            raise FastYoloError(f"--epochs and --batch must be at least 1, got {args.epochs} and {args.batch}")
-        settings = {"data": str(args.data), "labels": args.labels and str(args.labels), "val": args.val and str(args.val),
-                    "val_split": args.val_split, "skip_malformed": args.skip_malformed}
+        settings = _settings(args)
         config = TrainConfig(
             out=str(args.out), epochs=args.epochs, batch=args.batch, backbone=args.backbone,
             pretrained=args.pretrained and str(args.pretrained), init=args.init and str(args.init),
@@ -84,25 +158,21 @@ def run(args: argparse.Namespace) -> int:
             device=args.device, eval_every=args.eval_every, min_size=args.min_size, extra=settings,
         )
 
-    samples, report = load_dataset(settings["data"], settings["labels"], skip_malformed=settings["skip_malformed"])
     main_process = int(os.environ.get("RANK", "0")) == 0
-    if main_process:
-        print(report)
+    say = print if main_process else (lambda _m: None)
+    samples = _load(settings["data"], settings["labels"], settings["skip_malformed"], say)
     if settings["val"]:
-        train, (val, val_report) = samples, load_dataset(settings["val"], skip_malformed=settings["skip_malformed"])
-        if main_process:
-            print(val_report)
+        train, val = samples, _load(settings["val"], None, settings["skip_malformed"], say)
     else:
         train, val = split_samples(samples, settings["val_split"], config.seed)
         if not val:
             val, config.val_name = train, "train"
     if not train:
         raise FastYoloError(f"no training frames in {settings['data']}")
-    if main_process:
-        print(f"training on {len(train)} frames, validating on {len(val)} "
-              f"{'(the training frames themselves)' if config.val_name == 'train' else 'held-out frames'}; "
-              f"{config.backbone}, {config.epochs} epochs, batch {config.batch}, {config.optimizer}")
-    history = fit(config, train, val, resume=args.resume, stop_after=args.stop_after)
+    say(f"training on {len(train)} frames, validating on {len(val)} "
+        f"{'(the training frames themselves)' if config.val_name == 'train' else 'held-out frames'}; "
+        f"{config.backbone}, {config.epochs} epochs, batch {config.batch}, {config.optimizer}")
+    history = fit(config, train, val, resume=args.resume, stop_after=args.stop_after, log=say)
     if main_process and history:
         best = max((r for r in history if "val_map50" in r), key=lambda r: r["val_map50"], default=None)
         note = f"; best {config.val_name} mAP@0.5 {best['val_map50']:.3f} at epoch {best['epoch']}" if best else ""

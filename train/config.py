@@ -1,0 +1,39 @@
+"""TrainConfig: every training default, in one place, importable without torch (the CLI reads it)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+MILESTONES = (0.6, 0.8, 0.9)  # fractions of all steps where the learning rate drops 10x
+WARMUP = 0.05  # fraction of all steps of linear warm-up from lr/10
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run; saved in every checkpoint so --resume continues the same run."""
+
+    out: str
+    epochs: int = 100
+    batch: int = 16
+    backbone: str = "resnet50"
+    head: str = "conv"
+    pretrained: str | None = "auto"  # "auto": the backbone's installed ImageNet weights if any (efficientnet_lite0)
+    init: str | None = None  # a fastyolo checkpoint to start from (fine-tuning), instead of random weights
+    optimizer: str = "adam"
+    lr: float | None = None  # None: the optimizer's default (SGD 1e-2, AdamW 3e-4)
+    warmup: float = WARMUP
+    milestones: tuple[float, ...] = MILESTONES
+    augment: bool = True
+    clean_tail: float = 0.2  # the last 20% of epochs train on un-augmented frames (YOLOX's no-aug epochs)
+    dropout: float = 0.0
+    freeze_bn: float = 1.0  # from this fraction of the epochs on, BatchNorm uses its running statistics
+    precise_bn: bool = True  # after each epoch, BatchNorm statistics = the average over the training frames
+    seed: int = 0
+    workers: int = min(4, os.cpu_count() or 1)  # DataLoader processes (persistent for the run)
+    device: str = "auto"
+    eval_every: int = 1
+    min_size: float = 0.0  # boxes smaller than this (pixels) are ignored by the mAP
+    val_name: str = "val"  # how to call the validation frames: "val", or "train" when they are the training frames
+    extra: dict[str, Any] = field(default_factory=dict)
