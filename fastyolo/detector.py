@@ -17,7 +17,7 @@ from fastyolo.detections import Detections
 from fastyolo.errors import ModelError
 from fastyolo.layout import INPUT_SIZE
 from fastyolo.pipeline import CpuPipeline, Pipeline, default_threads
-from fastyolo.preprocess import check_frame
+from fastyolo.preprocess import Resized, check_frame, frame_size, prepare
 
 ENGINE_SUFFIXES = cfg.ENGINE_SUFFIXES
 
@@ -51,6 +51,7 @@ class Detector:
         top_k: int = cfg.TOP_K,
         threads: int | None = None,
         device: str | None = None,
+        normalize: str = "auto",
     ):
         # A training checkpoint (.pt, or backend="torch") runs on torch, on `device` (default: the GPU if
         # torch sees one); fastyolo.gpu.torch_engine checks its own precision (fp32/fp16/bf16) and device.
@@ -74,7 +75,8 @@ class Detector:
 
             self.pipeline = TensorRTPipeline(path, precision=precision)
         else:
-            self.pipeline = CpuPipeline(path, backend, precision, threads)
+            # normalize: where the ImageNet normalisation runs (see fastyolo.pipeline.NORMALIZE_CHOICES)
+            self.pipeline = CpuPipeline(path, backend, precision, threads, normalize)
         # A pipeline that is not thread-safe by itself (TensorRT: one context and stream) runs one call at a time.
         self._lock = None if getattr(self.pipeline, "thread_safe", False) else threading.Lock()
 
@@ -83,22 +85,30 @@ class Detector:
         """Backend, device, precision that actually runs, input size, threads, model path."""
         return {**self.pipeline.info, "input_size": INPUT_SIZE, "conf": self.conf, "iou": self.iou}
 
-    def detect(self, frame: np.ndarray) -> Detections:
-        """Detect in one HxWx3 uint8 BGR frame of any size; boxes are in its pixels."""
+    @staticmethod
+    def prepare(frame: np.ndarray) -> Resized:
+        """Check and resize a frame now (any thread), so that detect/detect_batch skip that step.
+
+        For overlapping the host work with inference: a decode thread calls this one frame ahead.
+        """
+        return prepare(frame)
+
+    def detect(self, frame: np.ndarray | Resized) -> Detections:
+        """Detect in one HxWx3 uint8 BGR frame of any size (or a `prepare`d one); boxes are in its pixels."""
         return self.detect_batch([frame])[0]
 
-    def detect_batch(self, frames: Sequence[np.ndarray], conf: float | None = None, *,
+    def detect_batch(self, frames: Sequence[np.ndarray | Resized], conf: float | None = None, *,
                      timings: MutableMapping[str, float] | None = None) -> list[Detections]:
-        """Detect in several frames (any sizes) with one network call.
+        """Detect in several frames (any sizes, or `prepare`d ones) with one network call.
 
         conf: score threshold for this call only [the Detector's]; timings: a dict that receives the
         seconds spent in each stage ("preprocess", "infer", "postprocess") of this call.
         """
         conf = self.conf if conf is None else cfg.check_fraction("conf", conf)
-        frames = [check_frame(f) for f in frames]
+        frames = [f if isinstance(f, Resized) else check_frame(f) for f in frames]
         if not frames:
             return []
-        sizes = np.array([(f.shape[1], f.shape[0]) for f in frames], dtype=np.float64)
+        sizes = np.array([frame_size(f) for f in frames], dtype=np.float64)
         if self._lock is None:
             return self._run(frames, sizes, conf, timings)
         with self._lock:
@@ -119,9 +129,9 @@ class Detector:
         timings.update(preprocess=t1 - t0, infer=t2 - t1, postprocess=clock() - t2)
         return found
 
-    def raw_outputs(self, frames: Sequence[np.ndarray]) -> np.ndarray:
+    def raw_outputs(self, frames: Sequence[np.ndarray | Resized]) -> np.ndarray:
         """The network's (N, S, S, CELL_SIZE) float32 output for the frames, on the host (for agreement checks)."""
-        frames = [check_frame(f) for f in frames]
+        frames = [f if isinstance(f, Resized) else check_frame(f) for f in frames]
         with self._lock or _NO_LOCK:
             return np.array(self.pipeline.infer(self.pipeline.preprocess(frames)), np.float32)
 

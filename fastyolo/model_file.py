@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastyolo.errors import ModelError
-from fastyolo.layout import INPUT_NAME, INPUT_SIZE, OUTPUT_NAME, describe, output_shape
+from fastyolo.input_format import FORMATS, UINT8, format_of, input_shape
+from fastyolo.layout import INPUT_NAME, OUTPUT_NAME, describe, output_shape
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,13 @@ class ModelFile:
     def precision(self) -> str:
         """The precision the weights were exported in: fp32, fp16 or int8 (Q/DQ)."""
         return self.metadata.get("fastyolo.precision", "fp32")
+
+    @property
+    def input_format(self) -> str:
+        """What the input holds (fastyolo.input_format): NORMALIZED floats, or UINT8 BGR pixels."""
+        from fastyolo.input_format import format_of
+
+        return format_of(self.metadata)
 
     @property
     def backbone(self) -> str:
@@ -51,11 +59,24 @@ def read_onnx(path: str | os.PathLike) -> ModelFile:
             f"{path} has inputs {inputs} and outputs {outputs}: expected a fastyolo model "
             f"('{INPUT_NAME}' -> '{OUTPUT_NAME}'); export one with 'fastyolo export'"
         )
-    _check_shape(path, "input", graph.input[[i.name for i in graph.input].index(INPUT_NAME)],
-                 [3, INPUT_SIZE, INPUT_SIZE])
+    fmt = _check_format(path, metadata)
+    source = graph.input[[i.name for i in graph.input].index(INPUT_NAME)]
+    _check_shape(path, "input", source, input_shape(fmt, 1)[1:])
+    expected_type = onnx.TensorProto.UINT8 if fmt == UINT8 else onnx.TensorProto.FLOAT
+    if source.type.tensor_type.elem_type != expected_type:
+        raise ModelError(f"{path} input '{INPUT_NAME}' has element type {source.type.tensor_type.elem_type}, but its "
+                         f"metadata says {fmt}: a broken export; export it again with 'fastyolo export'")
     _check_shape(path, "output", graph.output[0], list(output_shape(1))[1:])
     _check_metadata(path, metadata)
     return ModelFile(path, metadata)
+
+
+def _check_format(path: Path, metadata: dict[str, str]) -> str:
+    fmt = format_of(metadata)
+    if fmt not in FORMATS:
+        raise ModelError(f"{path} expects input {fmt!r}, which this fastyolo does not know ({', '.join(FORMATS)}): "
+                         "upgrade fastyolo or export the model again")
+    return fmt
 
 
 def _dims(value_info) -> list[int | None]:

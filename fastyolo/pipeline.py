@@ -15,7 +15,29 @@ from fastyolo.detections import Detections
 from fastyolo.errors import ModelError
 from fastyolo.kernels import decode_nms_batch, warmup
 from fastyolo.model_file import read_onnx
-from fastyolo.preprocess import preprocess
+from fastyolo.input_format import NORMALIZED
+from fastyolo.preprocess import Resized, preprocess_for
+
+# Where the normalisation runs: "host" (numpy, a model that takes normalised floats), "graph" (a model
+# exported with it inside, taking uint8 pixels), "ppp" (OpenVINO's PrePostProcessor in front of a
+# normalised-float model); "auto" is "graph" for a uint8 model and "host" otherwise (every older model).
+NORMALIZE_CHOICES = ("auto", "host", "graph", "ppp")
+
+
+def normalize_where(requested: str, model_format: str) -> str:
+    """Resolve `requested` (NORMALIZE_CHOICES) for a model of input format `model_format`; ValueError if impossible."""
+    if requested not in NORMALIZE_CHOICES:
+        raise ValueError(f"unknown normalize {requested!r}: choose one of {', '.join(NORMALIZE_CHOICES)}")
+    native = "host" if model_format == NORMALIZED else "graph"
+    if requested == "auto":
+        return native
+    if requested in ("host", "ppp") and native == "graph":
+        raise ValueError(f"this model takes uint8 pixels and normalises in its graph: normalize={requested!r} needs a "
+                         "model that takes normalised floats (export with --input normalized)")
+    if requested == "graph" and native == "host":
+        raise ValueError("this model takes normalised floats: normalize='graph' needs a model exported with its "
+                         "normalisation inside (fastyolo export, default --input uint8), or use 'ppp' on OpenVINO")
+    return requested
 
 
 class Pipeline(Protocol):
@@ -53,11 +75,13 @@ class CpuPipeline:
 
     thread_safe = True
 
-    def __init__(self, path: str | os.PathLike, backend: str, precision: str, threads: int):
+    def __init__(self, path: str | os.PathLike, backend: str, precision: str, threads: int, normalize: str = "auto"):
         self.model = read_onnx(path)
+        self.normalize = normalize_where(normalize, self.model.input_format)
         cv2.setNumThreads(threads)  # OpenCV's resize/decode share the cores with inference
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))  # for any parallel kernel
-        self.session = open_session(self.model, backend, precision, threads)
+        self.session = open_session(self.model, backend, precision, threads, ppp=self.normalize == "ppp")
+        self.input_format = self.session.input_format  # what the host hands the runtime
         self._local = threading.local()  # .input: this thread's preprocess buffer
         warmup()
         self.info = {
@@ -72,10 +96,12 @@ class CpuPipeline:
             "model": str(self.model.path),
             "backbone": self.model.backbone,
             "untrained": self.model.untrained,
+            "input": self.model.input_format,
+            "normalize": self.normalize,
         }
 
-    def preprocess(self, frames: list[np.ndarray]) -> np.ndarray:
-        out = self._local.input = preprocess(frames, getattr(self._local, "input", None))
+    def preprocess(self, frames: list[np.ndarray | Resized]) -> np.ndarray:
+        out = self._local.input = preprocess_for(self.input_format, frames, getattr(self._local, "input", None))
         return out
 
     def infer(self, batch: np.ndarray) -> np.ndarray:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 
@@ -34,10 +36,43 @@ def check_frame(frame: object) -> np.ndarray:
     return frame
 
 
-def resize_rgb(frame: np.ndarray) -> np.ndarray:
-    """Squash a BGR frame to INPUT_SIZE x INPUT_SIZE RGB uint8 (no letterbox, as in training)."""
-    small = cv2.resize(frame, (INPUT_SIZE, INPUT_SIZE), interpolation=cv2.INTER_LINEAR)
-    return cv2.cvtColor(small, cv2.COLOR_BGR2RGB)
+@dataclass(frozen=True)
+class Resized:
+    """A frame already squashed to the network's size (BGR uint8), with the original frame's size.
+
+    What `prepare` returns: the part of preprocessing that needs only the frame, so that it can run
+    on another thread (decode + resize one frame ahead) and the Detector skips it.
+    """
+
+    image: np.ndarray  # (INPUT_SIZE, INPUT_SIZE, 3) uint8 BGR
+    width: int  # of the original frame: boxes come back in its pixels
+    height: int
+
+
+def resize_bgr(frame: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Squash a BGR frame to INPUT_SIZE x INPUT_SIZE BGR uint8 (no letterbox, as in training)."""
+    return cv2.resize(frame, (INPUT_SIZE, INPUT_SIZE), dst=out, interpolation=cv2.INTER_LINEAR)
+
+
+def prepare(frame: object) -> Resized:
+    """Check and resize one frame (thread-safe, allocates its output): the host's per-frame work."""
+    frame = check_frame(frame)
+    return Resized(resize_bgr(frame), frame.shape[1], frame.shape[0])
+
+
+def small_bgr(item: np.ndarray | Resized) -> np.ndarray:
+    """The network-sized BGR image of a frame or of an already Resized one."""
+    return item.image if isinstance(item, Resized) else resize_bgr(check_frame(item))
+
+
+def frame_size(item: np.ndarray | Resized) -> tuple[int, int]:
+    """(width, height) of the original frame."""
+    return (item.width, item.height) if isinstance(item, Resized) else (item.shape[1], item.shape[0])
+
+
+def resize_rgb(frame: np.ndarray | Resized) -> np.ndarray:
+    """Squash a BGR frame (or take a Resized one) to INPUT_SIZE x INPUT_SIZE RGB uint8."""
+    return cv2.cvtColor(small_bgr(frame), cv2.COLOR_BGR2RGB)
 
 
 def normalize(rgb: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -50,10 +85,29 @@ def normalize(rgb: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     return out
 
 
-def preprocess(frames: list[np.ndarray], out: np.ndarray | None = None) -> np.ndarray:
-    """Checked BGR frames -> (N, 3, INPUT_SIZE, INPUT_SIZE) float32 network input."""
+def preprocess(frames: list[np.ndarray | Resized], out: np.ndarray | None = None) -> np.ndarray:
+    """BGR frames (or Resized ones) -> (N, 3, INPUT_SIZE, INPUT_SIZE) float32 normalised network input."""
     if out is None or out.shape[0] != len(frames):
         out = np.empty((len(frames), 3, INPUT_SIZE, INPUT_SIZE), np.float32)
     for i, frame in enumerate(frames):
-        normalize(resize_rgb(check_frame(frame)), out[i])
+        normalize(resize_rgb(frame), out[i])
     return out
+
+
+def preprocess_uint8(frames: list[np.ndarray | Resized], out: np.ndarray | None = None) -> np.ndarray:
+    """BGR frames (or Resized ones) -> (N, INPUT_SIZE, INPUT_SIZE, 3) uint8 BGR: a uint8-input model's input."""
+    if out is None or out.shape[0] != len(frames):
+        out = np.empty((len(frames), INPUT_SIZE, INPUT_SIZE, 3), np.uint8)
+    for i, frame in enumerate(frames):
+        if isinstance(frame, Resized):
+            out[i] = frame.image
+        else:
+            resize_bgr(check_frame(frame), out[i])  # straight into the batch: no copy
+    return out
+
+
+def preprocess_for(fmt: str, frames: list[np.ndarray | Resized], out: np.ndarray | None = None) -> np.ndarray:
+    """The input a model of input format `fmt` (fastyolo.input_format) takes for these frames."""
+    from fastyolo.input_format import NORMALIZED
+
+    return preprocess(frames, out) if fmt == NORMALIZED else preprocess_uint8(frames, out)

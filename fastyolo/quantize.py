@@ -23,7 +23,8 @@ from fastyolo.errors import MissingDependencyError, ModelError
 from fastyolo.fileio import atomic_path, sample_frames
 from fastyolo.layout import INPUT_NAME
 from fastyolo.model_file import read_onnx
-from fastyolo.preprocess import preprocess
+from fastyolo.input_format import PREFIX as INPUT_PREFIX
+from fastyolo.preprocess import preprocess_for
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 # Parts that can stay fp32: the last Gemm (writes the output grid, so its rounding lands directly
@@ -46,11 +47,11 @@ def calibration_frames(source: str | os.PathLike, limit: int = DEFAULT_FRAMES) -
     return sample_frames(source, limit)
 
 
-def _reader(frames: list[np.ndarray], progress: bool):
+def _reader(frames: list[np.ndarray], progress: bool, input_format: str):
     from onnxruntime.quantization import CalibrationDataReader
 
     class FrameReader(CalibrationDataReader):
-        """Feeds the frames one at a time, preprocessed as at inference."""
+        """Feeds the frames one at a time, preprocessed as at inference for the model's input format."""
 
         def __init__(self):
             self.index = 0
@@ -60,7 +61,7 @@ def _reader(frames: list[np.ndarray], progress: bool):
             if self.index >= len(frames):
                 self.bar.close()
                 return None
-            batch = preprocess([frames[self.index]])
+            batch = preprocess_for(input_format, [frames[self.index]])
             self.index += 1
             self.bar.update()
             return {INPUT_NAME: batch}
@@ -85,10 +86,13 @@ def nodes_kept_fp32(model, keep: Sequence[str]) -> list[str]:
             raise ModelError("no Gemm/MatMul/Conv in the model to keep as the fp32 head")
         names.append(heads[-1].name)  # the graph is topologically sorted: the last one writes the grid
     if "first_conv" in keep:
-        convs = [n for n in nodes if n.op_type == "Conv" and INPUT_NAME in n.input]
+        convs = [n for n in nodes if n.op_type == "Conv"]  # topological order: the first one reads the pixels
         if not convs:
-            raise ModelError(f"no Conv reads '{INPUT_NAME}' directly: cannot keep the first conv in fp32")
+            raise ModelError(f"no Conv in the model after '{INPUT_NAME}': cannot keep the first conv in fp32")
         names.append(convs[0].name)
+    # The input rewrite's cast/transpose/mean (fastyolo.input_format) stays fp32: quantising it would
+    # only add a rounding before the first conv's own (quantised) input.
+    names += [n.name for n in nodes if n.name.startswith(INPUT_PREFIX)]
     return names
 
 
@@ -148,7 +152,7 @@ def quantize_int8(
             extra_options={"num_bins": 2048, "num_quantized_bins": QUANTIZED_BINS, "percentile": 99.999, "symmetric": False},
         )
         with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print their settings
-            calibrator.collect_data(_reader(calib_frames, progress))
+            calibrator.collect_data(_reader(calib_frames, progress, source.input_format))
             save_tensors_data(calibrator.compute_data(), ranges)
         del calibrator
         quantize_static(

@@ -31,12 +31,18 @@ def _network_version() -> str:
     return hashlib.sha256(Path(spec.origin).read_bytes()).hexdigest()[:10]
 
 
-def untrained_model(backbone: str = "resnet50", *, quiet: bool = False) -> Path:
+def untrained_model(backbone: str = "resnet50", *, quiet: bool = False, input_format: str | None = None) -> Path:
     """Path of the cached untrained ONNX for `backbone`, exporting it first if needed.
 
+    input_format: fastyolo.input_format NORMALIZED (the default: floats normalised on the host) or
+    UINT8 (normalisation in the graph); same seed, so both hold the same network.
     The file name carries a digest of the network's code: a changed network is exported afresh.
     """
-    path = cache_dir() / f"untrained-{backbone}-seed{SEED}-{_network_version()}.onnx"
+    from fastyolo.input_format import NORMALIZED, UINT8
+
+    input_format = input_format or NORMALIZED
+    tag = "-uint8" if input_format == UINT8 else ""
+    path = cache_dir() / f"untrained-{backbone}-seed{SEED}-{_network_version()}{tag}.onnx"
     if path.is_file():
         return path
     try:
@@ -52,7 +58,7 @@ def untrained_model(backbone: str = "resnet50", *, quiet: bool = False) -> Path:
     if not quiet:
         print(f"exporting the untrained {backbone} reference network to {path} (once) ...", flush=True)
     torch.manual_seed(SEED)
-    diff = export_onnx(YoloNet(backbone), path, untrained=True)
+    diff = export_onnx(YoloNet(backbone), path, untrained=True, input_format=input_format)
     from fastyolo.fileio import file_mode
 
     path.chmod(file_mode())

@@ -7,14 +7,20 @@ from fastyolo.cfg import CPU_BACKENDS as BACKENDS
 from fastyolo.model_file import ModelFile
 
 
-def open_session(model: ModelFile, backend: str, precision: str, threads: int) -> Session:
-    """Open `model` on `backend` ("auto" is OpenVINO, measured fastest on the CPU here)."""
+def open_session(model: ModelFile, backend: str, precision: str, threads: int, *, ppp: bool = False) -> Session:
+    """Open `model` on `backend` ("auto" is OpenVINO, measured fastest on the CPU here).
+
+    ppp: a model that takes normalised floats runs behind OpenVINO's PrePostProcessor, taking uint8 pixels.
+    """
     if backend == "auto":
         backend = "openvino"
     if backend == "openvino":
         from fastyolo.backends.openvino import OpenVINOSession
 
-        return OpenVINOSession(model, precision, threads)
+        return OpenVINOSession(model, precision, threads, ppp=ppp)
+    if ppp:
+        raise ValueError("normalize='ppp' is OpenVINO's PrePostProcessor: use backend='openvino', or export the "
+                         "model with its normalisation in the graph ('fastyolo export', the default input)")
     if backend == "onnxruntime":
         from fastyolo.backends.onnxruntime import OnnxRuntimeSession
 

@@ -10,9 +10,10 @@ from fastyolo.cfg import PRECISIONS  # the names live in fastyolo.cfg
 class Session(Protocol):
     name: str  # backend name
     precision: str  # what actually runs, as reported by the runtime
+    input_format: str  # what run() takes (fastyolo.input_format): normalised floats or uint8 BGR pixels
 
     def run(self, images: np.ndarray) -> np.ndarray:
-        """(N, 3, H, W) float32 -> (N, S, S, CELL_SIZE) float32."""
+        """(N, 3, H, W) float32 normalised or (N, H, W, 3) uint8 BGR -> (N, S, S, CELL_SIZE) float32."""
         ...
 
 

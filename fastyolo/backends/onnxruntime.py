@@ -29,6 +29,7 @@ class OnnxRuntimeSession:
         except Exception as exc:
             raise ModelError(f"onnxruntime cannot load {model.path}: {str(exc).splitlines()[0]}") from None
         self.precision = model.precision
+        self.input_format = model.input_format  # onnxruntime takes the model's input as it is
         self.threads = int(threads)
 
     def run(self, images: np.ndarray) -> np.ndarray:

@@ -8,7 +8,8 @@ import numpy as np
 
 from fastyolo.backends.base import check_precision
 from fastyolo.errors import ModelError
-from fastyolo.layout import INPUT_NAME, INPUT_SIZE
+from fastyolo.input_format import NORMALIZED, UINT8, input_shape
+from fastyolo.layout import INPUT_NAME, MEAN, STD
 from fastyolo.model_file import ModelFile
 
 # OpenVINO's CPU plugin silently runs bf16 where the CPU has it unless told otherwise, so the
@@ -22,6 +23,24 @@ def cpu_has_bf16() -> bool:
     return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
+def uint8_preprocessing(model):
+    """An OpenVINO model that takes normalised NCHW RGB floats -> one that takes uint8 NHWC BGR pixels.
+
+    OpenVINO's PrePostProcessor puts convert, BGR -> RGB, mean/scale and the layout change into the
+    compiled graph, where the CPU plugin fuses them with the first convolution's input reorder.
+    """
+    from openvino import Layout, Type
+    from openvino.preprocess import ColorFormat, PrePostProcessor
+
+    ppp = PrePostProcessor(model)
+    tensor = ppp.input(INPUT_NAME)
+    tensor.tensor().set_element_type(Type.u8).set_layout(Layout("NHWC")).set_color_format(ColorFormat.BGR)
+    tensor.model().set_layout(Layout("NCHW"))
+    tensor.preprocess().convert_element_type(Type.f32).convert_color(ColorFormat.RGB) \
+        .mean([255.0 * m for m in MEAN]).scale([255.0 * s for s in STD])
+    return ppp.build()
+
+
 class OpenVINOSession:
     """Thread-safe: each thread gets its own infer request per batch size (an OpenVINO request runs
     one inference at a time and raises 'Infer Request is busy' otherwise); compiling a new batch
@@ -29,7 +48,7 @@ class OpenVINOSession:
 
     name = "openvino"
 
-    def __init__(self, model: ModelFile, precision: str, threads: int):
+    def __init__(self, model: ModelFile, precision: str, threads: int, *, ppp: bool = False):
         import openvino as ov
 
         check_precision(model.precision, precision, self.name)
@@ -46,6 +65,13 @@ class OpenVINOSession:
             self.model = self.core.read_model(str(model.path))
         except Exception as exc:
             raise ModelError(f"OpenVINO cannot read {model.path}: {str(exc).splitlines()[0]}") from None
+        self.input_format = model.input_format
+        if ppp:
+            if self.input_format != NORMALIZED:
+                raise ValueError(f"{model.path.name} already takes {self.input_format} input: "
+                                 "OpenVINO's PrePostProcessor is for models that take normalised floats")
+            self.model = uint8_preprocessing(self.model)
+            self.input_format = UINT8
         self._local = threading.local()  # .requests: batch -> this thread's infer request
         self._lock = threading.Lock()
         self._compiled: dict[object, object] = {}  # batch -> latency model; ("throughput", batch) -> async model
@@ -60,7 +86,7 @@ class OpenVINOSession:
             compiled = self._compiled.get(batch)
             if compiled is None:
                 model = self.model.clone()
-                model.reshape({INPUT_NAME: [batch, 3, INPUT_SIZE, INPUT_SIZE]})
+                model.reshape({INPUT_NAME: input_shape(self.input_format, batch)})
                 compiled = self._compiled[batch] = self.core.compile_model(model, "CPU", self.config)
         return compiled
 
@@ -85,7 +111,7 @@ class OpenVINOSession:
             compiled = self._compiled.get(key)
             if compiled is None:
                 model = self.model.clone()
-                model.reshape({INPUT_NAME: [batch, 3, INPUT_SIZE, INPUT_SIZE]})
+                model.reshape({INPUT_NAME: input_shape(self.input_format, batch)})
                 config = {k: v for k, v in self.config.items() if k != "NUM_STREAMS"}
                 compiled = self.core.compile_model(model, "CPU", {**config, "PERFORMANCE_HINT": "THROUGHPUT"})
                 self._compiled[key] = compiled

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from fastyolo.errors import MissingDependencyError, UsageError
 from fastyolo.fileio import check_outputs
+from fastyolo.input_format import NORMALIZED, UINT8
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -20,6 +21,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8"),
                    help="fp32; fp16 (half weights and activations, for TensorRT); int8 (explicit Q/DQ) [fp32]")
     p.add_argument("--calib", type=Path, help="with --precision int8: folder of real frames to calibrate on")
+    p.add_argument("--input", default="uint8", choices=("uint8", "normalized"),
+                   help="uint8: the model takes resized uint8 BGR pixels and normalises in its graph (ImageNet "
+                   "mean/std folded into the first conv), the host only resizes; normalized: (N,3,224,224) "
+                   "normalised floats, as models exported before [uint8]")
     return p
 
 
@@ -43,13 +48,14 @@ def run(args: argparse.Namespace) -> int:
         model = YoloNet(args.backbone)
     else:
         model = load_model(args.checkpoint)
+    fmt = UINT8 if args.input == "uint8" else NORMALIZED
     if args.precision == "fp32":
-        _export_fp32(model, args.output, args.untrained)
+        _export_fp32(model, args.output, args.untrained, fmt)
         return 0
     # Lower precisions are rewrites of the verified fp32 graph, so the precision lives in the ONNX
     # itself (TensorRT 11 has no FP16/INT8 builder flags).
     with tempfile.TemporaryDirectory(prefix=".fastyolo-export-", dir=args.output.parent) as tmp:
-        fp32_path = _export_fp32(model, Path(tmp) / f"{args.output.stem}.fp32.onnx", args.untrained, final=False)
+        fp32_path = _export_fp32(model, Path(tmp) / f"{args.output.stem}.fp32.onnx", args.untrained, fmt, final=False)
         if args.precision == "fp16":
             from fastyolo.fp16 import convert_fp16
 
@@ -62,13 +68,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _export_fp32(model, path: Path, untrained: bool, *, final: bool = True) -> Path:
+def _export_fp32(model, path: Path, untrained: bool, input_format: str, *, final: bool = True) -> Path:
     from fastyolo.fileio import file_mode
     from fastyolo.train.export import export_onnx
 
-    diff = export_onnx(model, path, untrained=untrained)
+    diff = export_onnx(model, path, untrained=untrained, input_format=input_format)
     path.chmod(file_mode())  # the umask's mode, not the temporary file's 0600
     print(f"{'wrote' if final else 'exported'} {path if final else 'fp32'} "
-          f"({model.backbone_name}, fp32{', untrained' if untrained else ''}); "
+          f"({model.backbone_name}, fp32, input {input_format}{', untrained' if untrained else ''}); "
           f"onnxruntime vs torch max abs diff {diff:.2e}")
     return path

@@ -185,7 +185,7 @@ class TensorRTPipeline:
             raise ValueError(f"{n} frames in one call, but {self.path.name} takes at most {self.max_batch}: "
                              f"split the batch or rebuild with 'fastyolo build-engine ... --batch {n}'")
         for i, frame in enumerate(frames):
-            self._rgb_host[i] = resize_rgb(check_frame(frame))
+            self._rgb_host[i] = resize_rgb(frame)
         if not self.use_graphs:  # with graphs the upload is part of the replay, in postprocess
             self._queue_input(n)
         return DeviceBatch(n)

@@ -238,7 +238,7 @@ class TorchPipeline:
                              "split the batch or raise max_batch")
         host = self._rgb_host.numpy()
         for i, frame in enumerate(frames):
-            host[i] = resize_rgb(check_frame(frame))
+            host[i] = resize_rgb(frame)
         return PendingBatch(n, self)
 
     def infer(self, batch: PendingBatch) -> PendingBatch:
