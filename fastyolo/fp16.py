@@ -152,13 +152,14 @@ def compare_outputs(reference: str | os.PathLike, candidate: str | os.PathLike, 
     """Max abs difference of two ONNX models' outputs on onnxruntime CPU for the same preprocessed frames."""
     import onnxruntime as ort
 
-    from fastyolo.preprocess import preprocess
+    from fastyolo.model_file import read_onnx
+    from fastyolo.preprocess import preprocess_for
 
     if not frames:
         raise ValueError("no frames to compare the models on")
-    images = preprocess(frames)
     outputs = []
     for path in (reference, candidate):
+        images = preprocess_for(read_onnx(path).input_format, frames)  # each model's own input
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         outputs.append(session.run([OUTPUT_NAME], {INPUT_NAME: images})[0].astype(np.float64))
     return float(np.abs(outputs[0] - outputs[1]).max())

@@ -13,9 +13,9 @@ import numpy as np
 from fastyolo.backends import open_session
 from fastyolo.detections import Detections
 from fastyolo.errors import ModelError
+from fastyolo.input_format import NORMALIZED
 from fastyolo.kernels import decode_nms_batch, warmup
 from fastyolo.model_file import read_onnx
-from fastyolo.input_format import NORMALIZED
 from fastyolo.preprocess import Resized, preprocess_for
 
 # Where the normalisation runs: "host" (numpy, a model that takes normalised floats), "graph" (a model

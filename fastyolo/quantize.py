@@ -21,9 +21,9 @@ from tqdm import tqdm
 
 from fastyolo.errors import MissingDependencyError, ModelError
 from fastyolo.fileio import atomic_path, sample_frames
+from fastyolo.input_format import PREFIX as INPUT_PREFIX
 from fastyolo.layout import INPUT_NAME
 from fastyolo.model_file import read_onnx
-from fastyolo.input_format import PREFIX as INPUT_PREFIX
 from fastyolo.preprocess import preprocess_for
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")

@@ -272,6 +272,8 @@ class FakeEngine:
         self.trt, self.header = trt, header
         self.session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
         self.names = [INPUT_NAME, OUTPUT_NAME]
+        # A uint8-input model (fastyolo.input_format.UINT8) is (N, S, S, 3) uint8, as TensorRT reports it.
+        self.uint8_input = self.session.get_inputs()[0].type == "tensor(uint8)"
 
     @property
     def num_io_tensors(self) -> int:
@@ -284,10 +286,12 @@ class FakeEngine:
         return self.trt.TensorIOMode.INPUT if name == INPUT_NAME else self.trt.TensorIOMode.OUTPUT
 
     def get_tensor_dtype(self, name: str):
-        return self.trt.DataType.FLOAT
+        return self.trt.DataType.UINT8 if name == INPUT_NAME and self.uint8_input else self.trt.DataType.FLOAT
 
     def get_tensor_shape(self, name: str) -> tuple[int, ...]:
-        return (-1, 3, INPUT_SIZE, INPUT_SIZE) if name == INPUT_NAME else (-1, GRID, GRID, CELL_SIZE)
+        if name != INPUT_NAME:
+            return (-1, GRID, GRID, CELL_SIZE)
+        return (-1, INPUT_SIZE, INPUT_SIZE, 3) if self.uint8_input else (-1, 3, INPUT_SIZE, INPUT_SIZE)
 
     def get_tensor_profile_shape(self, name: str, profile: int):
         assert name == INPUT_NAME and profile == 0
@@ -324,7 +328,8 @@ class FakeContext:
         assert not missing, f"no address for I/O tensors {missing}"
         assert stream_handle in device.streams, f"unknown stream handle {stream_handle!r}"
         n = self.input_shape[0]
-        images = device.resolve(self.addresses[INPUT_NAME], self.input_shape, np.float32)
+        dtype = np.uint8 if self.engine.uint8_input else np.float32
+        images = device.resolve(self.addresses[INPUT_NAME], self.input_shape, dtype)
         grids = device.resolve(self.addresses[OUTPUT_NAME], (n, GRID, GRID, CELL_SIZE), np.float32)
         session = self.engine.session
 
@@ -357,7 +362,7 @@ def FakeTensorRT(version: str = "10.8.0.43", device: QueuedHostDevice | None = N
     major = int(version.split(".")[0])
     trt = SimpleNamespace(__version__=version, device=device, builders=[])
     trt.Logger = FakeLogger
-    trt.DataType = enum.Enum("DataType", "FLOAT HALF INT8 INT32")
+    trt.DataType = enum.Enum("DataType", "FLOAT HALF INT8 INT32 UINT8")
     trt.TensorIOMode = enum.Enum("TensorIOMode", "NONE INPUT OUTPUT")
     trt.MemoryPoolType = enum.Enum("MemoryPoolType", "WORKSPACE")
     if major >= 11:  # strong typing only: the precision flags and EXPLICIT_BATCH are gone

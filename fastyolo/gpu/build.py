@@ -16,7 +16,8 @@ from types import ModuleType
 from fastyolo.errors import ModelError
 from fastyolo.gpu.availability import require_gpu_stack, tensorrt_major
 from fastyolo.gpu.engine_file import engine_info, write_sidecar
-from fastyolo.layout import INPUT_NAME, INPUT_SIZE
+from fastyolo.input_format import input_shape
+from fastyolo.layout import INPUT_NAME
 from fastyolo.model_file import read_onnx
 
 
@@ -77,7 +78,8 @@ def build_engine(
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
     profile = builder.create_optimization_profile()
-    shape = (3, INPUT_SIZE, INPUT_SIZE)
+    # the input's shape follows the model's input format (normalised NCHW floats or uint8 NHWC pixels)
+    shape = tuple(input_shape(model.input_format, 1)[1:])
     profile.set_shape(INPUT_NAME, (1, *shape), (opt_batch, *shape), (max_batch, *shape))
     config.add_optimization_profile(profile)
 

@@ -34,8 +34,9 @@ from fastyolo.detections import Detections
 from fastyolo.errors import ModelError
 from fastyolo.gpu.availability import require_gpu_stack
 from fastyolo.gpu.engine_file import check_compatible, read_sidecar
+from fastyolo.input_format import UINT8, format_of, input_shape
 from fastyolo.layout import CELL_SIZE, GRID, INPUT_NAME, INPUT_SIZE, MAX_BOXES, OUTPUT_NAME, output_shape
-from fastyolo.preprocess import check_frame, resize_rgb
+from fastyolo.preprocess import resize_rgb, small_bgr
 
 TIMED_STAGES = ("h2d", "infer", "decode_nms", "d2h")
 ENGINE_PRECISIONS = ("fp32", "fp16", "int8")  # what the ONNX can carry (fastyolo export --precision)
@@ -87,6 +88,10 @@ class TensorRTPipeline:
             )
 
         self.trt, self.device, self.path = trt, device, path
+        # A uint8-input engine (fastyolo.input_format.UINT8) normalises in its own graph: the host resizes,
+        # the upload goes straight into the engine's input and the normalise kernel is not run.
+        self.input_format = format_of(info.get("model_metadata", {}))
+        self.uint8_input = self.input_format == UINT8
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
         self.engine = self.runtime.deserialize_cuda_engine(path.read_bytes())
@@ -107,7 +112,7 @@ class TensorRTPipeline:
         self._zero_host = device.pinned((1,), np.int32)
         self._zero_host[0] = 0
         self._rgb = device.empty((n, s, s, 3), np.uint8)
-        self._input = device.empty((n, 3, s, s), np.float32)
+        self._input = self._rgb if self.uint8_input else device.empty((n, 3, s, s), np.float32)
         self._output = device.empty(output_shape(n), np.float32)
         self._sizes = device.empty((n, 2), np.float64)
         self._result = device.empty((result_words,), np.int32)
@@ -125,7 +130,8 @@ class TensorRTPipeline:
         for name in self._io_names():
             self.context.set_tensor_address(name, device.address(buffers[name]))
         # Compile (or load from numba's cache) both kernels now, not on the first frame.
-        device.launch_normalize(self._rgb[:1], self._input[:1], self._scale, self._shift, self.stream)
+        if not self.uint8_input:
+            device.launch_normalize(self._rgb[:1], self._input[:1], self._scale, self._shift, self.stream)
         device.upload(self._zero_host, self._result[:1], self.stream)
         device.launch_decode_nms(self._output[:1], self._sizes[:1], 2.0, 0.5, 1, self._rows,
                                  self._result[:3], self.stream)
@@ -152,6 +158,8 @@ class TensorRTPipeline:
             "tensorrt": str(trt.__version__),
             "max_batch": self.max_batch,
             "cuda_graph": self.use_graphs,
+            "input": self.input_format,
+            "normalize": "graph" if self.uint8_input else "device",
         }
 
     # ------------------------------------------------------------------ setup
@@ -160,17 +168,20 @@ class TensorRTPipeline:
         return [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
 
     def _check_io(self) -> int:
-        """The engine must map INPUT_NAME (N,3,S,S) float32 to OUTPUT_NAME (N,S,S,C) float32; returns max N."""
+        """The engine must map INPUT_NAME (N,3,S,S) float32 (or (N,S,S,3) uint8 for a uint8-input model) to
+        OUTPUT_NAME (N,S,S,C) float32; returns max N."""
         trt, engine = self.trt, self.engine
         modes = {name: engine.get_tensor_mode(name) for name in self._io_names()}
         expected = {INPUT_NAME: trt.TensorIOMode.INPUT, OUTPUT_NAME: trt.TensorIOMode.OUTPUT}
         if modes != expected:
             raise ModelError(f"{self.path} has I/O tensors {sorted(modes)}, expected {INPUT_NAME!r} -> {OUTPUT_NAME!r}: "
                              "not a fastyolo engine")
-        for name in expected:
-            if engine.get_tensor_dtype(name) != trt.DataType.FLOAT:
-                raise ModelError(f"{self.path}: tensor {name!r} is {engine.get_tensor_dtype(name)}, expected float32 I/O "
-                                 "(export with fastyolo, which keeps I/O in fp32)")
+        dtypes = {INPUT_NAME: trt.DataType.UINT8 if self.uint8_input else trt.DataType.FLOAT,
+                  OUTPUT_NAME: trt.DataType.FLOAT}
+        for name, dtype in dtypes.items():
+            if engine.get_tensor_dtype(name) != dtype:
+                raise ModelError(f"{self.path}: tensor {name!r} is {engine.get_tensor_dtype(name)}, expected {dtype} "
+                                 f"(input {self.input_format}: rebuild the engine from a fastyolo export)")
         if tuple(engine.get_tensor_shape(OUTPUT_NAME))[1:] != (GRID, GRID, CELL_SIZE):
             raise ModelError(f"{self.path} outputs {tuple(engine.get_tensor_shape(OUTPUT_NAME))}, expected (N, "
                              f"{GRID}, {GRID}, {CELL_SIZE})")
@@ -185,7 +196,7 @@ class TensorRTPipeline:
             raise ValueError(f"{n} frames in one call, but {self.path.name} takes at most {self.max_batch}: "
                              f"split the batch or rebuild with 'fastyolo build-engine ... --batch {n}'")
         for i, frame in enumerate(frames):
-            self._rgb_host[i] = resize_rgb(frame)
+            self._rgb_host[i] = small_bgr(frame) if self.uint8_input else resize_rgb(frame)
         if not self.use_graphs:  # with graphs the upload is part of the replay, in postprocess
             self._queue_input(n)
         return DeviceBatch(n)
@@ -193,12 +204,13 @@ class TensorRTPipeline:
     def _queue_input(self, n: int) -> None:
         self._record("start")
         self.device.upload(self._rgb_host[:n], self._rgb[:n], self.stream)
-        self.device.launch_normalize(self._rgb[:n], self._input[:n], self._scale, self._shift, self.stream)
+        if not self.uint8_input:
+            self.device.launch_normalize(self._rgb[:n], self._input[:n], self._scale, self._shift, self.stream)
         self._record("h2d")
 
     def infer(self, batch: DeviceBatch) -> DeviceGrids:
         n = batch.n
-        if not self._context(n).set_input_shape(INPUT_NAME, (n, 3, INPUT_SIZE, INPUT_SIZE)):
+        if not self._context(n).set_input_shape(INPUT_NAME, tuple(input_shape(self.input_format, n))):
             raise ModelError(f"{self.path.name} rejects batch {n} (its profile is 1..{self.max_batch})")
         self._n = n
         if not self.use_graphs:  # with graphs execute_async_v3 is captured (shapes set above, on the host)

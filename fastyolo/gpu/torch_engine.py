@@ -35,7 +35,7 @@ import numpy as np
 from fastyolo.detections import Detections
 from fastyolo.errors import GpuUnavailableError, ModelError
 from fastyolo.layout import CELL_SIZE, GRID, INPUT_SIZE, MAX_BOXES, MEAN, STD
-from fastyolo.preprocess import check_frame, resize_rgb
+from fastyolo.preprocess import resize_rgb
 
 TORCH_PRECISIONS = ("fp32", "fp16", "bf16")
 ROW_VALUES = 6  # kernels.cuda.ROW_VALUES (not imported: that would import numba.cuda on the CPU path)
