@@ -1,0 +1,93 @@
+"""Decode + resize one frame ahead on another thread, so that the host work overlaps the network.
+
+While frame n is in the network, frame n+1 is read and resized on this thread (cv2 releases the
+GIL in both, so the two really run side by side). The queue holds one item: a live source gains
+no latency (a frame is taken from the camera as soon as it arrives and is ready when the network
+is free), a file source loses the decode from the critical path, and memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+_END = object()
+
+
+class Prefetcher(Generic[T]):
+    """Calls `produce()` on a thread, `depth` results ahead; `get()` returns them in order, None at the end.
+
+    An exception in `produce` is raised by the `get` that would have returned its result. Use as a
+    context manager (or call close()) so that the thread stops when the consumer stops early.
+    """
+
+    def __init__(self, produce: Callable[[], T | None], depth: int = 1, name: str = "fastyolo-prefetch"):
+        if depth < 1:
+            raise ValueError(f"depth must be at least 1, got {depth}")
+        self._produce = produce
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._done = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _put(self, item: object) -> bool:
+        """Put unless stopped (polling, so close() never waits on a full queue)."""
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                item = self._produce()
+                if item is None:
+                    break
+                if not self._put(item):
+                    return
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            self._put(exc)
+            return
+        self._put(_END)
+
+    def get(self) -> T | None:
+        if self._done:
+            return None
+        item = self._queue.get()
+        if item is _END:
+            self._done = True
+            return None
+        if isinstance(item, BaseException):
+            self._done = True
+            raise item
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def __enter__(self) -> Prefetcher[T]:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def prefetch(items: Iterable[T], work: Callable[[T], object], depth: int = 1) -> Iterator[tuple[T, object]]:
+    """(item, work(item)) for each item of `items`, the iteration and `work` running one item ahead on a thread."""
+    iterator = iter(items)
+
+    def produce() -> tuple[T, object] | None:
+        item = next(iterator, _END)
+        return None if item is _END else (item, work(item))
+
+    with Prefetcher(produce, depth) as ahead:
+        while (pair := ahead.get()) is not None:
+            yield pair
