@@ -160,3 +160,23 @@ def convert_to_uint8(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
         onnx.save_model(proto, str(partial))
         read_onnx(partial)
     return Path(dst)
+
+
+def uint8_model_for(model: str | os.PathLike) -> Path:
+    """`model` if it already takes uint8 input, else its uint8-input rewrite, made once into the fastyolo cache
+    (keyed by the source file's identity: path, size, modification time)."""
+    import hashlib
+
+    from fastyolo.fileio import file_identity
+    from fastyolo.model_file import read_onnx
+    from fastyolo.reference_model import cache_dir
+
+    path = Path(model)
+    if read_onnx(path).input_format == UINT8:
+        return path
+    tag = hashlib.sha256(file_identity(path).encode()).hexdigest()[:16]
+    cached = cache_dir() / f"{path.stem}-{tag}.uint8.onnx"
+    if not cached.is_file():
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        convert_to_uint8(path, cached)
+    return cached

@@ -9,6 +9,7 @@ from pathlib import Path
 from fastyolo import cfg
 from fastyolo.backends import BACKENDS, PRECISIONS
 from fastyolo.errors import UsageError
+from fastyolo.pipeline import NORMALIZE_CHOICES
 
 MODE_CHOICES = ("latency", "throughput", "both")
 
@@ -26,6 +27,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--mode", default="latency", choices=MODE_CHOICES,
                    help="latency: batch 1, one frame in flight; throughput: decode thread, --batch, async requests; "
                    "both [latency]")
+    p.add_argument("--sequential", action="store_true",
+                   help="latency mode in series on one thread (no decode + resize of the next frame during inference)")
+    p.add_argument("--normalize", default="auto", choices=NORMALIZE_CHOICES,
+                   help="where the ImageNet normalisation runs: host (numpy), graph (a uint8-input export), ppp "
+                   "(OpenVINO's PrePostProcessor on a normalised-float export); auto: what the model takes [auto]")
     p.add_argument("--batch", type=int, default=4, help="frames per inference call in throughput mode [4]")
     p.add_argument("--in-flight", type=int, default=None,
                    help="inference requests in flight in throughput mode [OpenVINO's optimum; 1 for onnxruntime]")
@@ -39,6 +45,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--combos", default=None,
                    help="with --compare: comma-separated backend:precision list [all five CPU combinations]")
     p.add_argument("--rounds", type=int, default=3, help="with --compare: interleaved rounds [3]")
+    p.add_argument("--before-after", action="store_true",
+                   help="with --compare: each row twice, 'before' (normalised-float model, host normalisation, in "
+                   "series) and 'after' (uint8-input model, normalisation in the graph, decode overlapped)")
+    p.add_argument("--backbones", default=None,
+                   help="with --compare and no --model: untrained reference networks to time, comma-separated "
+                   "(e.g. resnet18,resnet50) [resnet50]")
     p.add_argument("--check", action="store_true",
                    help="mAP@0.5 of each precision's detections with the fp32 detections as ground truth")
     p.add_argument("--data", type=Path,
@@ -77,6 +89,40 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.model:  # the int8 sibling bench may pick up
         inputs.append(Path(args.model).with_name(f"{Path(args.model).stem}.int8.onnx"))
     check_outputs([("--json", args.json)], inputs)
+    if (args.before_after or args.backbones) and not args.compare:
+        raise UsageError("--before-after and --backbones go with --compare")
+    if args.backbones and args.model:
+        raise UsageError("--backbones times the untrained reference networks: leave out --model (or drop --backbones)")
+
+
+def _variants(args: argparse.Namespace, model: Path, needs_int8: bool, int8_model) -> list:
+    """The pipelines --compare times: one (the model as given), or before/after per backbone."""
+    from fastyolo.compare import Variant
+    from fastyolo.input_format import NORMALIZED, UINT8, uint8_model_for
+    from fastyolo.model_file import read_onnx
+    from fastyolo.quantize import int8_model_for
+    from fastyolo.reference_model import untrained_model
+
+    if not args.before_after and not args.backbones:
+        return [Variant("", model, int8_model() if needs_int8 else None, overlap=not args.sequential,
+                        normalize=args.normalize)]
+    if args.backbones:
+        bases = [untrained_model(b.strip(), input_format=NORMALIZED) for b in args.backbones.split(",") if b.strip()]
+    else:
+        bases = [model]
+    variants = []
+    for base in bases:
+        if read_onnx(base).input_format != NORMALIZED:
+            raise UsageError(f"--before-after needs the normalised-float export as --model ({base.name} takes "
+                             f"{read_onnx(base).input_format}): 'fastyolo export ... --input normalized'")
+        after = untrained_model(read_onnx(base).backbone, input_format=UINT8) if args.backbones else uint8_model_for(base)
+        if args.before_after:
+            before_int8 = (args.int8_model or int8_model_for(base, args.calib)) if needs_int8 else None
+            variants.append(Variant("before", base, before_int8, overlap=False, normalize="host"))
+        variants.append(Variant("after" if args.before_after else "", after,
+                                int8_model_for(after, args.calib) if needs_int8 else None,
+                                overlap=not args.sequential, normalize=args.normalize))
+    return variants
 
 
 def _write_json(path: Path | None, data: dict) -> None:
@@ -101,10 +147,14 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from fastyolo.bench import run_bench, sample_video
     from fastyolo.detector import Detector
+    from fastyolo.input_format import NORMALIZED, UINT8
     from fastyolo.reference_model import untrained_model
 
     _check_args(args)
-    model = Path(args.model) if args.model else untrained_model()
+    # The default reference network is the current pipeline's: normalisation in the graph (uint8 input).
+    # (host/ppp normalisation need the normalised-float export.)
+    reference = NORMALIZED if args.normalize in ("host", "ppp") else UINT8
+    model = Path(args.model) if args.model else untrained_model(input_format=reference)
     video = args.video or sample_video()
     is_onnx = model.suffix.lower() == ".onnx"
 
@@ -132,16 +182,19 @@ def _run(args: argparse.Namespace) -> int:
         print(check_table(rows, len(frames), str(data)))
         output["check"] = {"data": str(data), "frames": len(frames), "reference": "openvino/fp32", "rows": rows}
     if args.compare:
-        from fastyolo.compare import compare_json, compare_table, run_compare
+        from fastyolo.compare import compare_json, compare_table, issue_table, run_pipelines
 
         modes = ("latency", "throughput") if args.mode == "both" else (args.mode,)
         combos = _combos(args.combos)
-        needs_int8 = any(p == "int8" for _, p in combos)
-        results = run_compare(model, int8_model() if needs_int8 else None, video, combos=combos, modes=modes,
-                              batch=args.batch, frames=args.frames, rounds=args.rounds, warmup=args.warmup,
-                              threads=args.threads, conf=args.conf, iou=args.iou)
+        variants = _variants(args, model, any(p == "int8" for _, p in combos), int8_model)
+        results = run_pipelines(variants, video, combos=combos, modes=modes, batch=args.batch, frames=args.frames,
+                                rounds=args.rounds, warmup=args.warmup, threads=args.threads, conf=args.conf,
+                                iou=args.iou)
         print(f"video      {video}")
         print(compare_table(results, args.rounds))
+        if "latency" in modes:
+            print()
+            print(issue_table(results))
         output["compare"] = compare_json(results, args.rounds)
     if args.check or args.compare:
         _write_json(args.json, output)
@@ -150,7 +203,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.precision == "int8" and is_onnx:
         model = int8_model()
     detector = Detector(model, backend=args.backend, precision=args.precision, threads=args.threads,
-                        conf=args.conf, iou=args.iou)
+                        conf=args.conf, iou=args.iou, normalize=args.normalize)
     modes = ("latency", "throughput") if args.mode == "both" else (args.mode,)
     runs = []
     print(f"video      {video}")
@@ -158,7 +211,8 @@ def _run(args: argparse.Namespace) -> int:
         if n:
             print()
         result = run_bench(detector, video, frames=args.frames, warmup=args.warmup, mode=mode,
-                           batch=1 if mode == "latency" else args.batch, in_flight=args.in_flight)
+                           batch=1 if mode == "latency" else args.batch, in_flight=args.in_flight,
+                           overlap=not args.sequential)
         print(result.table())
         runs.append(result.to_json())
     # The first run's keys stay at the top level (the format `bench` always wrote); every run is in "runs".
