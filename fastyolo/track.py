@@ -30,7 +30,7 @@ import numpy as np
 
 from fastyolo.detections import Detections
 from fastyolo.errors import MissingDependencyError
-from fastyolo.preprocess import check_frame
+from fastyolo.preprocess import Resized, check_frame
 
 SMOOTHERS = ("kalman", "ema", "none")
 SECOND_CONF = 0.1  # ByteTrack ignores boxes at or below this score; lower ones only cost time
@@ -197,9 +197,10 @@ class Tracker:
             self.votes.pop(tid, None)
 
 
-def detect_for_tracking(detector, frame: np.ndarray) -> Detections:
+def detect_for_tracking(detector, frame: np.ndarray | Resized) -> Detections:
     """`detector.detect(frame)` but down to score 0.1, for ByteTrack's second association."""
-    return detector.detect_batch([check_frame(frame)], conf=min(detector.conf, SECOND_CONF))[0]
+    frame = frame if isinstance(frame, Resized) else check_frame(frame)
+    return detector.detect_batch([frame], conf=min(detector.conf, SECOND_CONF))[0]
 
 
 def track_frames(detector, frames: Iterable[np.ndarray], *, fps: float = 30.0, smooth: str = "kalman",

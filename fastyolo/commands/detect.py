@@ -125,37 +125,52 @@ class _Run:
         self.stack = stack
         self.started = True
 
-    def detections(self, image: np.ndarray):
+    def detections(self, image: np.ndarray, prepared=None):
+        """Detections of one frame; `prepared`: the frame already resized (Detector.prepare) on the prefetch thread."""
         from fastyolo.track import detect_for_tracking
 
+        frame = image if prepared is None else prepared
         if self.tracker is None:
-            dets = self.detector.detect(image)
+            dets = self.detector.detect(frame)
             return dets if self.keep is None else dets[np.isin(dets.class_ids, self.keep)]
-        dets = detect_for_tracking(self.detector, image)
+        dets = detect_for_tracking(self.detector, frame)
         dets = dets if self.keep is None else dets[np.isin(dets.class_ids, self.keep)]
         return self.tracker.update(dets, (image.shape[1], image.shape[0]))
+
+    def frames(self):
+        """(Frame, resized or None): videos and cameras are read and resized one frame ahead on a thread
+        (fastyolo.prefetch), so decoding overlaps inference; image files are read in turn."""
+        if self.source.kind == "images":
+            return ((frame, None) for frame in self.source)
+        from fastyolo.prefetch import prefetch
+
+        return prefetch(self.source, lambda frame: self.detector.prepare(frame.image))
 
     def loop(self) -> None:
         from fastyolo.draw import annotate
         from fastyolo.writers import VideoSink
 
         args = self.args
-        for frame in self.source:
-            dets = self.detections(frame.image)
-            if self.table is not None:
-                self.table.write(frame.index, dets, frame.source)
-            if self.image_sink is not None:
-                self.image_sink.write(annotate(frame.image, dets), frame.path)
-            elif args.output is not None:
-                if self.video_sink is None:  # sized by the first frame: the input's size, at its frame rate
-                    size = (frame.image.shape[1], frame.image.shape[0])
-                    self.video_sink = self.stack.enter_context(VideoSink(args.output, self.source.fps or 30.0, size))
-                self.video_sink.write(annotate(frame.image, dets))
-            self.done += 1
-            self.bar.update(1)
-            if args.max_frames and self.done >= args.max_frames:
-                self.limited = True
-                break
+        frames = self.frames()
+        try:
+            for frame, prepared in frames:
+                dets = self.detections(frame.image, prepared)
+                if self.table is not None:
+                    self.table.write(frame.index, dets, frame.source)
+                if self.image_sink is not None:
+                    self.image_sink.write(annotate(frame.image, dets), frame.path)
+                elif args.output is not None:
+                    if self.video_sink is None:  # sized by the first frame: the input's size, at its frame rate
+                        size = (frame.image.shape[1], frame.image.shape[0])
+                        self.video_sink = self.stack.enter_context(VideoSink(args.output, self.source.fps or 30.0, size))
+                    self.video_sink.write(annotate(frame.image, dets))
+                self.done += 1
+                self.bar.update(1)
+                if args.max_frames and self.done >= args.max_frames:
+                    self.limited = True
+                    break
+        finally:  # stop the prefetch thread before the source is released
+            frames.close()
         self.interrupted = False
 
     def report(self) -> None:
