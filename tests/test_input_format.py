@@ -169,3 +169,22 @@ def test_fp16_conversion_keeps_the_uint8_input(uint8_r18: Path, tmp_path: Path):
     diff = convert_fp16(uint8_r18, tmp_path / "u8.fp16.onnx", verbose=False)
     model = read_onnx(tmp_path / "u8.fp16.onnx")
     assert model.precision == "fp16" and model.input_format == UINT8 and diff < FP16_TOLERANCE
+
+
+def test_preprocess_paths_benchmark_checks_agreement_first(untrained_r18: Path):
+    """The micro-benchmark's paths compute the same grid (its timings are not looked at here)."""
+    import importlib.util
+
+    script = Path(__file__).parents[1] / "bench" / "preprocess_paths.py"
+    spec = importlib.util.spec_from_file_location("preprocess_paths", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    frames = sample_frames(sample_video(), 3)
+    rows = module.run(untrained_r18, frames, rounds=1, threads=2)
+    paths = {(r["backend"], r["precision"], r["path"]) for r in rows}
+    assert ("openvino", "fp32", "ppp") in paths and ("onnxruntime", "int8", "graph") in paths
+    assert ("onnxruntime", "fp32", "ppp") not in paths
+    for r in rows:
+        limit = GRID_TOLERANCE if r["ran"] == "fp32" else 0.05  # bf16 / int8: each path rounds on its own
+        assert r["grid_max_abs_diff_vs_host"] < limit, r
+    assert "grid |d| vs host" in module.table(rows)
