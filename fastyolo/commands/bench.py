@@ -106,8 +106,10 @@ def _variants(args: argparse.Namespace, model: Path, needs_int8: bool, int8_mode
     if not args.before_after and not args.backbones:
         return [Variant("", model, int8_model() if needs_int8 else None, overlap=not args.sequential,
                         normalize=args.normalize)]
-    if args.backbones:
-        bases = [untrained_model(b.strip(), input_format=NORMALIZED) for b in args.backbones.split(",") if b.strip()]
+    references = not args.model  # the untrained reference networks, before and after exports of each
+    if references:
+        names = (args.backbones or "resnet50").split(",")
+        bases = [untrained_model(b.strip(), input_format=NORMALIZED) for b in names if b.strip()]
     else:
         bases = [model]
     variants = []
@@ -115,7 +117,7 @@ def _variants(args: argparse.Namespace, model: Path, needs_int8: bool, int8_mode
         if read_onnx(base).input_format != NORMALIZED:
             raise UsageError(f"--before-after needs the normalised-float export as --model ({base.name} takes "
                              f"{read_onnx(base).input_format}): 'fastyolo export ... --input normalized'")
-        after = untrained_model(read_onnx(base).backbone, input_format=UINT8) if args.backbones else uint8_model_for(base)
+        after = untrained_model(read_onnx(base).backbone, input_format=UINT8) if references else uint8_model_for(base)
         if args.before_after:
             before_int8 = (args.int8_model or int8_model_for(base, args.calib)) if needs_int8 else None
             variants.append(Variant("before", base, before_int8, overlap=False, normalize="host"))
@@ -123,6 +125,24 @@ def _variants(args: argparse.Namespace, model: Path, needs_int8: bool, int8_mode
                                 int8_model_for(after, args.calib) if needs_int8 else None,
                                 overlap=not args.sequential, normalize=args.normalize))
     return variants
+
+
+def _compare(args: argparse.Namespace, model: Path, video, int8_model) -> dict:
+    """--compare: the rows, interleaved; prints the tables and returns the JSON."""
+    from fastyolo.compare import compare_json, compare_table, issue_table, run_pipelines
+
+    modes = ("latency", "throughput") if args.mode == "both" else (args.mode,)
+    combos = _combos(args.combos)
+    variants = _variants(args, model, any(p == "int8" for _, p in combos), int8_model)
+    results = run_pipelines(variants, video, combos=combos, modes=modes, batch=args.batch, frames=args.frames,
+                            rounds=args.rounds, warmup=args.warmup, threads=args.threads, conf=args.conf,
+                            iou=args.iou)
+    print(f"video      {video}")
+    print(compare_table(results, args.rounds))
+    if "latency" in modes:
+        print()
+        print(issue_table(results))
+    return compare_json(results, args.rounds)
 
 
 def _write_json(path: Path | None, data: dict) -> None:
@@ -182,20 +202,7 @@ def _run(args: argparse.Namespace) -> int:
         print(check_table(rows, len(frames), str(data)))
         output["check"] = {"data": str(data), "frames": len(frames), "reference": "openvino/fp32", "rows": rows}
     if args.compare:
-        from fastyolo.compare import compare_json, compare_table, issue_table, run_pipelines
-
-        modes = ("latency", "throughput") if args.mode == "both" else (args.mode,)
-        combos = _combos(args.combos)
-        variants = _variants(args, model, any(p == "int8" for _, p in combos), int8_model)
-        results = run_pipelines(variants, video, combos=combos, modes=modes, batch=args.batch, frames=args.frames,
-                                rounds=args.rounds, warmup=args.warmup, threads=args.threads, conf=args.conf,
-                                iou=args.iou)
-        print(f"video      {video}")
-        print(compare_table(results, args.rounds))
-        if "latency" in modes:
-            print()
-            print(issue_table(results))
-        output["compare"] = compare_json(results, args.rounds)
+        output["compare"] = _compare(args, model, video, int8_model)
     if args.check or args.compare:
         _write_json(args.json, output)
         return 0
