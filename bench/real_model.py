@@ -4,6 +4,9 @@
         -o runs/labelled/highway
     python bench/real_model.py split runs/labelled/highway --out runs/data
     # -> runs/data/hw_train (segments 1-3 of the clip), runs/data/hw_heldout (segments 4-5, never trained on)
+    fastyolo train --data runs/data/hw_train --val ../shared/data/kitti_tiny --min-size 6 \
+        --backbone efficientnet_lite0 --epochs 30 --out runs/train/lite0
+    python bench/real_model.py evaluate runs/train/*/best.pt
 
 The clip (../shared/data/video/README.md) is five segments of Udacity's project video joined end to
 end: frames [0, 183), [183, 259), [259, 297), [297, 388), [388, 485). Segments 4 and 5 are two cuts
@@ -19,6 +22,9 @@ import csv
 import json
 import os
 import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 SEGMENTS = ((0, 183), (183, 259), (259, 297), (297, 388), (388, 485))
@@ -55,14 +61,48 @@ def split(labelled: Path, out: Path) -> dict[str, dict[str, int]]:
     return summary
 
 
+EVAL_SETS = {  # name: (dataset, --min-size): the held-out highway segments and KITTI's real labels
+    "highway_heldout": ("runs/data/hw_heldout", 0.0),
+    "kitti_tiny": ("../shared/data/kitti_tiny", 6.0),
+}
+
+
+def evaluate(models: list[Path], out: Path) -> dict[str, dict]:
+    """`fastyolo eval` of each model (a run's best.pt/last.pt or an .onnx) on every EVAL_SETS dataset."""
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for model in models:
+            key = str(model)
+            results[key] = {}
+            for name, (data, min_size) in EVAL_SETS.items():
+                report = Path(tmp) / f"{len(results)}-{name}.json"
+                subprocess.run([sys.executable, "-m", "fastyolo.cli", "eval", str(model), "--data", data,
+                                "--min-size", str(min_size), "--json", str(report)], check=True,
+                               stdout=subprocess.DEVNULL)
+                figures = json.loads(report.read_text())
+                results[key][name] = {"map50": figures["map50"], "map50_95": figures["map50_95"],
+                                      **{f"ap50_{c}": v["ap50"] for c, v in figures["per_class"].items()}}
+                print(f"{model}: {name} mAP@0.5 {figures['map50']:.3f} "
+                      + " ".join(f"{c} {v['ap50']}" for c, v in figures["per_class"].items()), flush=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1) + "\n")
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     s = sub.add_parser("split", help="split a labelled highway_clip dataset into training and held-out segments")
     s.add_argument("labelled", type=Path)
     s.add_argument("--out", type=Path, required=True)
+    e = sub.add_parser("evaluate", help="mAP@0.5 per class of models on the held-out segments and on kitti_tiny")
+    e.add_argument("models", type=Path, nargs="+")
+    e.add_argument("--json", type=Path, default=Path("bench/artifacts/real_model_eval.json"))
     args = parser.parse_args()
-    print(json.dumps(split(args.labelled, args.out), indent=1))
+    if args.command == "split":
+        print(json.dumps(split(args.labelled, args.out), indent=1))
+    else:
+        evaluate(args.models, args.json)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ class Detector:
     `model` is an exported `.onnx` (CPU: OpenVINO by default, or backend="onnxruntime") or a
     TensorRT `.plan` engine (NVIDIA GPU, needs the `[gpu]` extra), or a training checkpoint `.pt`
     (torch; on an NVIDIA GPU where TensorRT is not installed: device="cuda", precision="fp16").
+    Without one, the trained model that ships in the package (`Detector()`; precision="int8" picks
+    its quantised twin): see fastyolo/weights/README.md for what it can and cannot see.
 
     >>> det = Detector("model.onnx", conf=0.3)
     >>> for d in det.detect(cv2.imread("frame.jpg")):
@@ -42,7 +44,7 @@ class Detector:
 
     def __init__(
         self,
-        model: str | os.PathLike,
+        model: str | os.PathLike | None = None,
         *,
         backend: str = "auto",
         precision: str = "fp32",
@@ -53,6 +55,10 @@ class Detector:
         device: str | None = None,
         normalize: str = "auto",
     ):
+        if model is None:  # the trained model that ships in the package (fastyolo/weights/README.md)
+            from fastyolo.shipped import shipped_model
+
+            model = shipped_model(precision if precision in ("fp32", "bf16", "int8") else "fp32")
         # A training checkpoint (.pt, or backend="torch") runs on torch, on `device` (default: the GPU if
         # torch sees one); fastyolo.gpu.torch_engine checks its own precision (fp32/fp16/bf16) and device.
         on_torch = backend == "torch" or Path(model).suffix.lower() == ".pt"

@@ -13,6 +13,7 @@ from pathlib import Path
 from fastyolo.errors import MissingDependencyError
 
 SEED = 0
+UNTRAINED_HEAD_STD = 0.2  # part of the cached file's name: see untrained_model
 
 
 def cache_dir() -> Path:
@@ -42,7 +43,7 @@ def untrained_model(backbone: str = "resnet50", *, quiet: bool = False, input_fo
 
     input_format = input_format or NORMALIZED
     tag = "-uint8" if input_format == UINT8 else ""
-    path = cache_dir() / f"untrained-{backbone}-seed{SEED}-{_network_version()}{tag}.onnx"
+    path = cache_dir() / f"untrained-{backbone}-seed{SEED}-head{UNTRAINED_HEAD_STD}-{_network_version()}{tag}.onnx"
     if path.is_file():
         return path
     try:
@@ -58,7 +59,11 @@ def untrained_model(backbone: str = "resnet50", *, quiet: bool = False, input_fo
     if not quiet:
         print(f"exporting the untrained {backbone} reference network to {path} (once) ...", flush=True)
     torch.manual_seed(SEED)
-    diff = export_onnx(YoloNet(backbone), path, untrained=True, input_format=input_format)
+    model = YoloNet(backbone)
+    # A trained head's output layer starts near zero (every cell alike); spread it so that the
+    # untrained network's boxes, scores (up to ~0.5) and classes vary like a real one's.
+    torch.nn.init.normal_(model.head.out.weight, std=UNTRAINED_HEAD_STD)
+    diff = export_onnx(model, path, untrained=True, input_format=input_format)
     from fastyolo.fileio import file_mode
 
     path.chmod(file_mode())

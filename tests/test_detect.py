@@ -17,7 +17,7 @@ from fastyolo.draw import annotate, class_colour
 from fastyolo.errors import FastYoloError
 from fastyolo.sources import open_source
 
-CONF = "0.3"  # the untrained net scores up to ~0.45: a handful of boxes per frame
+CONF = "0.3"  # the untrained net scores up to ~0.5: a handful of boxes per frame
 
 
 def count_frames(path: Path) -> tuple[int, float, int, int]:

@@ -50,16 +50,16 @@ def test_int8_model_is_qdq_with_per_channel_int8_weights_and_fp32_head(int8_r18:
     ops = [n.op_type for n in model.graph.node]
     assert ops.count("QuantizeLinear") > 10 and ops.count("DequantizeLinear") > 10
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
-    assert convs and all(_weight_is_int8(model, n) for n in convs)
+    # Every conv int8 but the conv head's last (it writes the grid): that one stays fp32.
+    assert len(convs) > 10 and all(_weight_is_int8(model, n) for n in convs[:-1]) and not _weight_is_int8(model, convs[-1])
     # Per channel: one scale per output channel of the first conv.
     producers = {o: n for n in model.graph.node for o in n.output}
     dq = producers[convs[0].input[1]]
     inits = _initializers(model)
     assert inits[dq.input[1]].shape == (inits[dq.input[0]].shape[0],)
-    gemms = [n for n in model.graph.node if n.op_type == "Gemm"]
-    assert _weight_is_int8(model, gemms[0]) and not _weight_is_int8(model, gemms[-1])  # the head stays fp32
-    # The network's outputs stay float: no Q/DQ after the last Gemm.
-    assert ops[-1] == "Concat" and "QuantizeLinear" not in ops[ops.index("Gemm", ops.index("Gemm") + 1):]
+    # The network's outputs stay float: no Q/DQ after the head's last Conv.
+    last_conv = len(ops) - 1 - ops[::-1].index("Conv")
+    assert ops[-1] == "Concat" and "QuantizeLinear" not in ops[last_conv:]
 
     meta = read_onnx(int8_r18).metadata
     source = read_onnx(untrained_r18).metadata
@@ -73,8 +73,8 @@ def test_int8_model_is_qdq_with_per_channel_int8_weights_and_fp32_head(int8_r18:
 def test_keep_fp32_choices_select_the_right_nodes(int8_r18: Path, untrained_r18: Path):
     fp32 = onnx.load_model(str(untrained_r18))
     head, first = nodes_kept_fp32(fp32, ("head", "first_conv"))
-    gemms = [n.name for n in fp32.graph.node if n.op_type == "Gemm"]
-    assert head == gemms[-1]
+    convs = [n.name for n in fp32.graph.node if n.op_type == "Conv"]
+    assert head == convs[-1]  # the conv head's output layer
     assert INPUT_NAME in next(n for n in fp32.graph.node if n.name == first).input
     assert nodes_kept_fp32(fp32, ()) == []
     with pytest.raises(ValueError, match="unknown part"):
@@ -85,8 +85,8 @@ def test_everything_int8_when_nothing_is_kept(untrained_r18: Path, calib_dir: Pa
     out = quantize_int8(untrained_r18, tmp_path / "all.onnx", calib_dir, frames=2, keep_fp32=(), method="minmax",
                         progress=False)
     model = onnx.load_model(str(out))
-    gemms = [n for n in model.graph.node if n.op_type == "Gemm"]
-    assert all(_weight_is_int8(model, n) for n in gemms)
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    assert all(_weight_is_int8(model, n) for n in convs)
     assert read_onnx(out).metadata["fastyolo.int8.fp32_parts"] == "none"
 
 

@@ -207,7 +207,7 @@ def _assert_same(got, want):
         np.testing.assert_array_equal(g.boxes, w.boxes)
 
 
-CONF, IOU, TOP_K = 0.1, 0.45, 100  # an untrained network scores ~0.1-0.3
+CONF, IOU, TOP_K = 0.3, 0.45, 100  # an untrained network scores up to ~0.5
 
 
 @in_simulator

@@ -1,8 +1,9 @@
 """Training augmentation as in the YOLO v1 paper and the original Keras project, on numpy + OpenCV.
 
-One cv2.warpAffine scales the frame about its centre (0.8-1.2) and shifts it by up to 20% of its
-width/height (same size out, black border); then saturation and value (brightness) are scaled in HSV by
-up to a factor of 1.5 either way; then the frame is flipped left-right with probability 0.5.
+One cv2.warpAffine scales the frame about its centre (0.8-1.2, stretched in width against height
+by up to `aspect`) and shifts it by up to 20% of its width/height (same size out, black border);
+then saturation and value (brightness) are scaled in HSV by up to a factor of 1.5 either way; then
+the frame is flipped left-right with probability 0.5.
 
 Boxes go through the same affine. Pixel i spans [i, i+1) in box coordinates while OpenCV maps pixel
 centres, so the warp matrix is the box matrix shifted by half a pixel (see `_cv2_matrix`). After the warp
@@ -43,14 +44,20 @@ def draw_params(
     saturation: float = 1.5,
     value: float = 1.5,
     flip: float = 0.5,
+    aspect: float = 1.0,
 ) -> AugmentParams:
-    """Draw a transform for a width x height frame. saturation/value: gains drawn log-uniformly in [1/g, g]."""
+    """Draw a transform for a width x height frame. saturation/value: gains drawn log-uniformly in [1/g, g];
+    aspect: the width/height stretch drawn log-uniformly in [1/aspect, aspect] (1: none)."""
     s = rng.uniform(*scale)
     tx, ty = rng.uniform(-translate, translate, size=2) * (width, height)
-    # Scale about the frame's centre (width/2, height/2 in box coordinates), then shift.
-    matrix = np.array([[s, 0.0, (1 - s) * width / 2 + tx], [0.0, s, (1 - s) * height / 2 + ty]])
     gains = np.exp(rng.uniform(-1, 1, size=2) * np.log([saturation, value]))
-    return AugmentParams(matrix, float(gains[0]), float(gains[1]), bool(rng.random() < flip))
+    flipped = bool(rng.random() < flip)
+    # Drawn last, so the other draws are those of aspect=1 with the same generator.
+    stretch = np.sqrt(np.exp(rng.uniform(-1, 1) * np.log(aspect))) if aspect > 1 else 1.0
+    sx, sy = s * stretch, s / stretch
+    # Scale about the frame's centre (width/2, height/2 in box coordinates), then shift.
+    matrix = np.array([[sx, 0.0, (1 - sx) * width / 2 + tx], [0.0, sy, (1 - sy) * height / 2 + ty]])
+    return AugmentParams(matrix, float(gains[0]), float(gains[1]), flipped)
 
 
 def _cv2_matrix(matrix: np.ndarray) -> np.ndarray:
@@ -121,6 +128,7 @@ def augment(
     saturation: float = 1.5,
     value: float = 1.5,
     flip: float = 0.5,
+    aspect: float = 1.0,
     min_visible: float = MIN_VISIBLE,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Random translate + scale (one warpAffine), HSV saturation/value jitter and left-right flip.
@@ -128,16 +136,20 @@ def augment(
     image: HxWx3 uint8 BGR; boxes: (K, 4) x1, y1, x2, y2 pixels; class_ids: (K,). Returns the frame
     (same size), the boxes that keep at least `min_visible` of their area inside it (clipped) and their
     class ids. translate: fraction of width/height; scale: range of the zoom factor; saturation, value:
-    largest gain factor (drawn in [1/g, g]); flip: probability of a left-right flip.
+    largest gain factor (drawn in [1/g, g]); flip: probability of a left-right flip; aspect: largest
+    width/height stretch (cameras differ: KITTI's 3.3:1 frames squash to the square input far more
+    than a 16:9 dashcam's, so cars there look narrower).
     """
-    if not (0 <= translate < 1 and 0 < scale[0] <= scale[1] and saturation >= 1 and value >= 1 and 0 <= flip <= 1):
+    if not (0 <= translate < 1 and 0 < scale[0] <= scale[1] and saturation >= 1 and value >= 1 and 0 <= flip <= 1
+            and aspect >= 1):
         raise ValueError(
-            f"augment: need 0 <= translate < 1, 0 < scale[0] <= scale[1], saturation/value >= 1, 0 <= flip <= 1; "
-            f"got translate={translate}, scale={scale}, saturation={saturation}, value={value}, flip={flip}"
+            f"augment: need 0 <= translate < 1, 0 < scale[0] <= scale[1], saturation/value >= 1, 0 <= flip <= 1, "
+            f"aspect >= 1; got translate={translate}, scale={scale}, saturation={saturation}, value={value}, "
+            f"flip={flip}, aspect={aspect}"
         )
     height, width = image.shape[:2]
     params = draw_params(rng, width, height, translate=translate, scale=scale, saturation=saturation,
-                         value=value, flip=flip)
+                         value=value, flip=flip, aspect=aspect)
     return apply(image, boxes, class_ids, params, min_visible=min_visible)
 
 

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-MILESTONES = (0.6, 0.8, 0.9)  # fractions of all steps where the learning rate drops 10x
+MILESTONES = (0.75, 0.9)  # fractions of all steps where the learning rate drops 10x
 WARMUP = 0.05  # fraction of all steps of linear warm-up from lr/10
 
 
@@ -22,11 +22,12 @@ class TrainConfig:
     pretrained: str | None = "auto"  # "auto": the backbone's installed ImageNet weights if any (efficientnet_lite0)
     init: str | None = None  # a fastyolo checkpoint to start from (fine-tuning), instead of random weights
     optimizer: str = "adam"
-    lr: float | None = None  # None: the optimizer's default (SGD 1e-2, AdamW 3e-4)
+    lr: float | None = None  # None: the optimizer's default (SGD 1e-2, AdamW 1e-3)
     warmup: float = WARMUP
     milestones: tuple[float, ...] = MILESTONES
     augment: bool = True
-    clean_tail: float = 0.2  # the last 20% of epochs train on un-augmented frames (YOLOX's no-aug epochs)
+    aspect: float = 1.8  # augmentation stretches width/height by up to this (cameras' aspect ratios differ)
+    clean_tail: float = 0.3  # the last 30% of epochs train on un-augmented frames (YOLOX's no-aug epochs)
     dropout: float = 0.0
     freeze_bn: float = 1.0  # from this fraction of the epochs on, BatchNorm uses its running statistics
     precise_bn: bool = True  # after each epoch, BatchNorm statistics = the average over the training frames

@@ -23,9 +23,10 @@ from fastyolo.preprocess import normalize, resize_rgb
 class YoloDataset(Dataset):
     """Items: image (3, INPUT_SIZE, INPUT_SIZE) float32, target boxes, mask, classes, sample index, dropped objects."""
 
-    def __init__(self, samples: Sequence[Sample], *, augment: bool = False, seed: int = 0):
+    def __init__(self, samples: Sequence[Sample], *, augment: bool = False, seed: int = 0, aspect: float = 1.0):
         self.samples = list(samples)
         self.augment = augment
+        self.aspect = aspect
         self.seed = seed
         self.epoch = 0
 
@@ -47,7 +48,7 @@ class YoloDataset(Dataset):
             from fastyolo.train.augment import augment
 
             rng = np.random.default_rng([self.seed, epoch, index])
-            image, boxes, class_ids = augment(image, boxes, class_ids, rng)
+            image, boxes, class_ids = augment(image, boxes, class_ids, rng, aspect=self.aspect)
         height, width = image.shape[:2]
         targets = build_targets(boxes, class_ids, width, height)
         pixels = torch.from_numpy(normalize(resize_rgb(image)))

@@ -254,7 +254,7 @@ def fit(
     model.to(device)
     optimizer = make_optimizer(model, config.optimizer, config.lr)
 
-    train_set = YoloDataset(train_samples, augment=config.augment, seed=config.seed)
+    train_set = YoloDataset(train_samples, augment=config.augment, seed=config.seed, aspect=config.aspect)
     val_set = YoloDataset(val_samples, augment=False)
     bn_set = YoloDataset(calibration_subset(train_samples), augment=False)
     sampler = ResumableSampler(len(train_set), shuffle=True, seed=config.seed, rank=ddp.rank, world_size=ddp.world_size)

@@ -23,7 +23,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "With no -o, --jsonl or --csv, JSON lines go to stdout.",
     )
     p.add_argument("source", help="image, folder of images, quoted glob ('frames/*.png'), video file, or camera index (0)")
-    p.add_argument("--model", type=Path, required=True, help="exported .onnx (or TensorRT .plan)")
+    p.add_argument("--model", type=Path,
+                   help="exported .onnx (or TensorRT .plan) [the packaged model, for --precision]")
     p.add_argument("-o", "--output", type=Path,
                    help="annotated video for a video or camera (.mp4; .mkv or .avi also stay playable if the process "
                         "is killed); a folder (created) for images, "
@@ -76,6 +77,10 @@ def run(args: argparse.Namespace) -> int:
     from fastyolo.sources import open_source
 
     keep = parse_classes(args.classes)
+    if args.model is None:
+        from fastyolo.shipped import shipped_model
+
+        args.model = shipped_model(args.precision)  # int8: its quantised twin; bf16: the fp32 file with the hint
     with contextlib.ExitStack() as stack:
         source = stack.enter_context(open_source(args.source))
         _check(args, source)
