@@ -50,7 +50,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--init", type=Path, help="fastyolo checkpoint (.pt) to fine-tune from, e.g. an earlier best.pt")
     p.add_argument("--optimizer", default=d["optimizer"], choices=("adam", "sgd"),
                    help=f"adam: AdamW (learns far faster from scratch); sgd: the paper's SGD 1e-2 [{d['optimizer']}]")
-    p.add_argument("--lr", type=float, help="base learning rate (warm-up from lr/10, /10 at 60%%, 80%%, 90%%)")
+    p.add_argument("--lr", type=float,
+                   help="base learning rate [AdamW 1e-3, SGD 1e-2] (warm-up from lr/10, /10 at 75%% and 90%% of the steps)")
     p.add_argument("--no-augment", action="store_true", help="no translate/scale/HSV/flip augmentation")
     p.add_argument("--dropout", type=float, default=d["dropout"],
                    help=f"head dropout while training [{d['dropout']}]")
