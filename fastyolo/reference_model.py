@@ -32,6 +32,20 @@ def _network_version() -> str:
     return hashlib.sha256(Path(spec.origin).read_bytes()).hexdigest()[:10]
 
 
+def untrained_network(backbone: str = "resnet50"):
+    """The torch network that untrained_model exports (seeded): for tests that compare against it."""
+    import torch
+
+    from fastyolo.train.model import YoloNet
+
+    torch.manual_seed(SEED)
+    model = YoloNet(backbone)
+    # A trained head's output layer starts near zero (every cell alike); spread it so that the
+    # untrained network's boxes, scores (up to ~0.5) and classes vary like a real one's.
+    torch.nn.init.normal_(model.head.out.weight, std=UNTRAINED_HEAD_STD)
+    return model.eval()
+
+
 def untrained_model(backbone: str = "resnet50", *, quiet: bool = False, input_format: str | None = None) -> Path:
     """Path of the cached untrained ONNX for `backbone`, exporting it first if needed.
 
@@ -47,10 +61,9 @@ def untrained_model(backbone: str = "resnet50", *, quiet: bool = False, input_fo
     if path.is_file():
         return path
     try:
-        import torch
+        import torch  # noqa: F401  (the clear error below rather than deep inside the export)
 
         from fastyolo.train.export import export_onnx
-        from fastyolo.train.model import YoloNet
     except ImportError:
         raise MissingDependencyError(
             "no --model given and torch is not installed to export the untrained reference network: "
@@ -58,12 +71,7 @@ def untrained_model(backbone: str = "resnet50", *, quiet: bool = False, input_fo
         ) from None
     if not quiet:
         print(f"exporting the untrained {backbone} reference network to {path} (once) ...", flush=True)
-    torch.manual_seed(SEED)
-    model = YoloNet(backbone)
-    # A trained head's output layer starts near zero (every cell alike); spread it so that the
-    # untrained network's boxes, scores (up to ~0.5) and classes vary like a real one's.
-    torch.nn.init.normal_(model.head.out.weight, std=UNTRAINED_HEAD_STD)
-    diff = export_onnx(model, path, untrained=True, input_format=input_format)
+    diff = export_onnx(untrained_network(backbone), path, untrained=True, input_format=input_format)
     from fastyolo.fileio import file_mode
 
     path.chmod(file_mode())

@@ -32,12 +32,10 @@ def detectors(untrained_r18):
 
 def test_backends_agree_with_torch_on_real_frames(detectors, frames, untrained_r18):
     torch = pytest.importorskip("torch")
-    from fastyolo.train.model import YoloNet
-
     from fastyolo.preprocess import preprocess
+    from fastyolo.reference_model import untrained_network
 
-    torch.manual_seed(0)  # the reference model's seed: same weights as the exported file
-    model = YoloNet("resnet18").eval()
+    model = untrained_network("resnet18")  # the weights of the exported file
     batch = preprocess(frames)
     with torch.no_grad():
         expected = model(torch.from_numpy(batch)).numpy()
@@ -81,16 +79,21 @@ def test_batch_equals_single_frames(detectors, frames):
         np.testing.assert_allclose(single.boxes, b.boxes, atol=1e-2)
 
 
-def test_any_frame_size_maps_back_to_its_pixels(detectors, frames):
-    """The same picture at twice the size gives boxes at twice the coordinates."""
-    det = detectors["onnxruntime"]
-    small = frames[0]
+def test_any_frame_size_maps_back_to_its_pixels(clip_path):
+    """The same picture at twice the size gives boxes at twice the coordinates (the packaged trained
+    model on a clip frame with cars: an untrained net's near-equal scores make its boxes unstable)."""
+    from fastyolo import Detector
+
+    cap = cv2.VideoCapture(str(clip_path))
+    cap.set(cv2.CAP_PROP_POS_FRAMES, 430)
+    small = cap.read()[1]
+    cap.release()
+    det = Detector(backend="onnxruntime", conf=0.3, threads=2)
     big = cv2.resize(small, (small.shape[1] * 2, small.shape[0] * 2), interpolation=cv2.INTER_NEAREST)
     a, b = det.detect(small), det.detect(big)
-    # INTER_LINEAR to 224 of a 2x nearest-upscaled frame is close but not identical input
-    assert len(a) > 0 and abs(len(a) - len(b)) <= max(2, len(a) // 5)
-    common = min(len(a), len(b), 3)
-    np.testing.assert_allclose(b.boxes[:common], a.boxes[:common] * 2, atol=0.05 * big.shape[1])
+    assert len(a) > 0 and len(b) == len(a)
+    for box in a.boxes * 2:  # INTER_LINEAR to 224 of a 2x nearest-upscaled frame: close, not identical input
+        assert np.abs(b.boxes - box).max(axis=1).min() <= 0.02 * big.shape[1], box
 
 
 def test_info_reports_what_runs(detectors, untrained_r18):

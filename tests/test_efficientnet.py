@@ -57,3 +57,32 @@ def test_imagenet_weights_load_and_see_a_vehicle():
     assert len(top5 & VEHICLES) >= 2, top5  # random weights would give 5 arbitrary classes
     assert resolve_pretrained("auto", "efficientnet_lite0") == path
     assert resolve_pretrained("auto", "resnet18") is None and resolve_pretrained("none", "efficientnet_lite0") is None
+
+
+def test_lite0_exports_quantises_and_runs_on_every_cpu_backend(kitti_images, tmp_path):
+    """The backbone is a first-class citizen: the same export, int8 quantisation and backends as a ResNet."""
+    import cv2
+    from fastyolo.train.export import export_onnx
+
+    from fastyolo import Detector
+    from fastyolo.model_file import read_onnx
+    from fastyolo.quantize import quantize_int8
+
+    torch.manual_seed(0)
+    model = YoloNet("efficientnet_lite0")
+    torch.nn.init.normal_(model.head.out.weight, std=0.2)  # an untrained head that still scores boxes
+    fp32 = tmp_path / "lite0.onnx"
+    diff = export_onnx(model, fp32, untrained=True)
+    assert diff is not None and diff < 1e-4  # onnxruntime against torch
+    assert read_onnx(fp32).metadata["fastyolo.backbone"] == "efficientnet_lite0"
+    frames = [cv2.imread(str(p)) for p in kitti_images[:3]]
+    ov = Detector(fp32, conf=0.2, threads=1).detect_batch(frames)
+    ort = Detector(fp32, backend="onnxruntime", conf=0.2, threads=1).detect_batch(frames)
+    assert sum(len(d) for d in ov) > 0
+    for a, b in zip(ov, ort, strict=True):
+        assert len(a) == len(b)
+        np.testing.assert_allclose(a.boxes, b.boxes, atol=0.5)
+    int8 = quantize_int8(fp32, tmp_path / "lite0.int8.onnx", kitti_images[0].parent, frames=4, progress=False)
+    for backend in ("openvino", "onnxruntime"):
+        found = Detector(int8, backend=backend, precision="int8", conf=0.2, threads=1).detect_batch(frames)
+        assert all(len(d) > 0 for d in found), backend

@@ -20,7 +20,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Time decode -> preprocess -> infer -> postprocess. --compare times several backend/precision "
         "combinations interleaved in one process; --check measures each precision's agreement with fp32.")
     p.add_argument("video", nargs="?", help="video file (default: bundled real highway clip, 960x540)")
-    p.add_argument("--model", help=".onnx or .plan (default: untrained ResNet-50 reference, timing only)")
+    p.add_argument("--model", help=".onnx or .plan (default: the packaged trained model; 'untrained': the untrained "
+                   "ResNet-50 reference, timing only)")
     cfg.add_runtime_options(p, precision_help="fp32; bf16 (OpenVINO, where the CPU has it; fp32 otherwise and it says "
                             "so); int8 (Q/DQ model: --int8-model, MODEL.int8.onnx beside --model, or quantised once "
                             "into the cache)")
@@ -49,8 +50,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="with --compare: each row twice, 'before' (normalised-float model, host normalisation, in "
                    "series) and 'after' (uint8-input model, normalisation in the graph, decode overlapped)")
     p.add_argument("--backbones", default=None,
-                   help="with --compare and no --model: untrained reference networks to time, comma-separated "
-                   "(e.g. resnet18,resnet50) [resnet50]")
+                   help="with --compare: untrained reference networks to time beside the model, comma-separated "
+                   "(e.g. resnet18,resnet50); with --before-after (and no --model) instead of it [resnet50]")
     p.add_argument("--check", action="store_true",
                    help="mAP@0.5 of each precision's detections with the fp32 detections as ground truth")
     p.add_argument("--data", type=Path,
@@ -91,8 +92,8 @@ def _check_args(args: argparse.Namespace) -> None:
     check_outputs([("--json", args.json)], inputs)
     if (args.before_after or args.backbones) and not args.compare:
         raise UsageError("--before-after and --backbones go with --compare")
-    if args.backbones and args.model:
-        raise UsageError("--backbones times the untrained reference networks: leave out --model (or drop --backbones)")
+    if args.backbones and args.before_after and args.model:
+        raise UsageError("--before-after --backbones times the untrained reference networks: leave out --model")
 
 
 def _variants(args: argparse.Namespace, model: Path, needs_int8: bool, int8_model) -> list:
@@ -103,9 +104,16 @@ def _variants(args: argparse.Namespace, model: Path, needs_int8: bool, int8_mode
     from fastyolo.quantize import int8_model_for
     from fastyolo.reference_model import untrained_model
 
-    if not args.before_after and not args.backbones:
-        return [Variant("", model, int8_model() if needs_int8 else None, overlap=not args.sequential,
-                        normalize=args.normalize)]
+    if not args.before_after:  # the model, and beside it the untrained reference networks of --backbones
+        label = f"{'untrained' if read_onnx(model).untrained else 'trained'} {read_onnx(model).backbone}"
+        main = [Variant(label if args.backbones else "", model, int8_model() if needs_int8 else None,
+                        overlap=not args.sequential, normalize=args.normalize)]
+        names = [b.strip() for b in (args.backbones or "").split(",") if b.strip()]
+        for name in names:
+            u = untrained_model(name, input_format=UINT8)
+            main.append(Variant(f"untrained {name}", u, int8_model_for(u, args.calib) if needs_int8 else None,
+                                overlap=not args.sequential, normalize=args.normalize))
+        return main
     references = not args.model  # the untrained reference networks, before and after exports of each
     if references:
         names = (args.backbones or "resnet50").split(",")
@@ -174,7 +182,14 @@ def _run(args: argparse.Namespace) -> int:
     # The default reference network is the current pipeline's: normalisation in the graph (uint8 input).
     # (host/ppp normalisation need the normalised-float export.)
     reference = NORMALIZED if args.normalize in ("host", "ppp") else UINT8
-    model = Path(args.model) if args.model else untrained_model(input_format=reference)
+    if args.model == "untrained" or (args.model is None and reference == NORMALIZED):
+        model = untrained_model(input_format=reference)  # host/ppp normalisation need a normalised-float model
+    elif args.model is None:
+        from fastyolo.shipped import shipped_model
+
+        model = shipped_model()  # the packaged trained network (its int8 twin sits beside it)
+    else:
+        model = Path(args.model)
     video = args.video or sample_video()
     is_onnx = model.suffix.lower() == ".onnx"
 
