@@ -25,9 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
+from fastyolo.precisions import targets
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_IMAGES = ROOT.parent / "shared" / "data" / "kitti_tiny" / "images"
-THRESHOLDS = {"fp16": 0.98, "int8": 0.95}
+THRESHOLDS = {p: target for p, target in targets().items() if p in ("fp16", "int8")}  # fastyolo.precisions
 
 
 def parse_args() -> argparse.Namespace:

@@ -22,12 +22,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from fastyolo.cfg import CPU_BACKENDS
 from fastyolo.detections import Detections
 from fastyolo.detector import Detector
 from fastyolo.errors import FastYoloError
 from fastyolo.fileio import VideoReader, sample_video  # noqa: F401  (re-exported: bench scripts import them from here)
-from fastyolo.pipeline import CpuPipeline
-from fastyolo.preprocess import preprocess
 
 # total: frame latency, from the start of the frame's decode to its detections (what a live camera waits).
 # period: the critical path per frame, from the previous frame's detections to this one's (1 / FPS on
@@ -196,7 +195,6 @@ def _overlapped(detector: Detector, reader: VideoReader, frames: int, warmup: in
                 keep: bool) -> BenchResult:
     """Latency mode with frame n+1 decoded and resized on the prefetch thread while frame n is in the network."""
     from fastyolo.prefetch import Prefetcher
-    from fastyolo.preprocess import prepare
 
     times = np.zeros((len(STAGES), frames))
     outputs: list[Detections] = []
@@ -217,7 +215,7 @@ def _overlapped(detector: Detector, reader: VideoReader, frames: int, warmup: in
         if frame is None:
             raise FastYoloError(f"{reader.path}: no frame could be decoded")
         t1 = clock()
-        resized = prepare(frame)
+        resized = detector.prepare(frame)
         return resized, t0, t1 - t0, clock() - t1
 
     start = previous = clock()
@@ -276,45 +274,29 @@ def _decode_worker(reader: VideoReader, frames: int, out: queue.Queue, stop: thr
 class _Runner:
     """Runs inference on worker threads and calls `done(batch, grids)` as each batch finishes.
 
-    OpenVINO: one synchronous infer request per worker on a THROUGHPUT-compiled model (its
-    streams run requests side by side; `infer` releases the GIL). Deliberately not
-    AsyncInferQueue: its completion callbacks take the GIL on OpenVINO's own threads, and tearing
-    the compiled model down then deadlocks (seen here with OpenVINO 2026.4: the main thread joins
-    a stream thread that waits for the GIL). onnxruntime: one worker, since one run already uses
-    every thread.
+    The workers share `Detector.parallel_runners`: on OpenVINO one synchronous infer request per
+    worker on a THROUGHPUT-compiled model (its streams run requests side by side; `infer` releases
+    the GIL); on onnxruntime one worker, since one run already uses every thread.
     """
 
     def __init__(self, detector: Detector, batch: int, in_flight: int | None, done):
         self.done = done
         self.errors: list[BaseException] = []
-        session = getattr(detector.pipeline, "session", None)
-        if session is not None and hasattr(session, "throughput_requests"):
-            requests = session.throughput_requests(batch, in_flight)
-            self.streams = session.streams
-            self.idle: queue.SimpleQueue | None = queue.SimpleQueue()
-            for request in requests:
-                self.idle.put(request)
-            self.infer = None
-            self.in_flight = len(requests)
-        else:
-            self.idle = None
-            self.infer = detector.pipeline.infer
-            self.in_flight = in_flight or 1
-            self.streams = 1
+        runners, self.streams = detector.parallel_runners(batch, in_flight)
+        self.idle: queue.SimpleQueue | None = queue.SimpleQueue()  # runners free to take a batch
+        for run in runners:
+            self.idle.put(run)
+        self.in_flight = len(runners)
         self.pool = ThreadPoolExecutor(self.in_flight, thread_name_prefix="fastyolo-infer")
         self.slots = threading.Semaphore(self.in_flight)
 
     def _run(self, images: np.ndarray, job: _Batch) -> None:
         try:
-            if self.idle is not None:
-                request = self.idle.get()
-                try:
-                    request.infer({0: images}, share_inputs=True)
-                    grids = request.get_output_tensor(0).data.copy()
-                finally:
-                    self.idle.put(request)
-            else:
-                grids = self.infer(images)
+            run = self.idle.get()
+            try:
+                grids = run(images)
+            finally:
+                self.idle.put(run)
             self.done(job, grids)
         except BaseException as exc:
             self.errors.append(exc)
@@ -345,82 +327,104 @@ def _pad(frames: list[np.ndarray], batch: int) -> list[np.ndarray]:
     return frames + [frames[-1]] * (batch - len(frames))
 
 
-def _throughput(detector: Detector, reader: VideoReader, frames: int, warmup: int, progress: bool, keep: bool,
-                batch: int, in_flight: int | None) -> BenchResult:
-    pipe = detector.pipeline
-    if not isinstance(pipe, CpuPipeline):
-        raise FastYoloError("throughput mode pipelines the CPU runtimes (OpenVINO, onnxruntime): use latency mode here")
-    clock = time.perf_counter
-    times = np.zeros((len(STAGES), frames))
-    outputs: list[Detections | None] = [None] * frames
-    found = [0]
-    lock = threading.Lock()  # two workers can finish at once
-    bar = tqdm(total=frames, desc="bench", unit="frame", disable=not progress, leave=False)
+class _Collector:
+    """Decodes each finished batch (on the worker thread that ran it) and records its frames' times."""
 
-    def done(job: _Batch, grids: np.ndarray) -> None:
+    def __init__(self, detector: Detector, frames: int, keep: bool, progress: bool):
+        self.detector, self.keep = detector, keep
+        self.times = np.zeros((len(STAGES), frames))
+        self.outputs: list[Detections | None] = [None] * frames
+        self.found = 0
+        self.lock = threading.Lock()  # two workers can finish at once
+        self.bar = tqdm(total=frames, desc="bench", unit="frame", disable=not progress, leave=False)
+
+    def done(self, job: _Batch, grids: np.ndarray) -> None:
+        clock = time.perf_counter
         t_infer = clock()
         count = len(job.indices)
         if not count:  # warm-up
             return
-        results = pipe.postprocess(grids[:count], job.sizes, detector.conf, detector.iou, detector.top_k)
+        results = self.detector.decode(grids[:count], job.sizes)
         t_post = clock()
-        with lock:
+        with self.lock:
             for k, n in enumerate(job.indices):
-                times[2, n] = (t_infer - job.submitted) * 1000.0 / count
-                times[3, n] = (t_post - t_infer) * 1000.0 / count
-                times[4, n] = (t_post - job.decode_start[k]) * 1000.0
-                found[0] += len(results[k])
-                if keep:
-                    outputs[n] = results[k]
-            bar.update(count)
+                self.times[2, n] = (t_infer - job.submitted) * 1000.0 / count
+                self.times[3, n] = (t_post - t_infer) * 1000.0 / count
+                self.times[4, n] = (t_post - job.decode_start[k]) * 1000.0
+                self.found += len(results[k])
+                if self.keep:
+                    self.outputs[n] = results[k]
+            self.bar.update(count)
 
-    runner = _Runner(detector, batch, in_flight, done)
+
+def _warm_up(detector: Detector, runner: _Runner, reader: VideoReader, warmup: int, batch: int) -> None:
+    """Untimed batches through the same asynchronous path (first runs compile and allocate), then a rewind."""
+    warm = [reader.read() for _ in range(max(1, warmup))]
+    for i in range(0, len(warm), batch):
+        chunk = warm[i : i + batch]
+        runner.submit(detector.network_input(_pad(chunk, batch)), _Batch([], chunk, []))
+    runner.wait()
+    reader.rewind()
+
+
+def _next_batch(decoded: queue.Queue, batch: int) -> tuple[list[int], list[np.ndarray], list[float], bool]:
+    """Up to `batch` decoded frames: (indices, frames, decode starts, whether the decoder finished)."""
+    indices, chunk, starts = [], [], []
+    while len(chunk) < batch:
+        item = decoded.get()
+        if item is None:
+            return indices, chunk, starts, True
+        if isinstance(item, BaseException):
+            raise item
+        indices.append(item[0])
+        chunk.append(item[1])
+        starts.append(item[2])
+    return indices, chunk, starts, False
+
+
+def _feed(detector: Detector, runner: _Runner, reader: VideoReader, frames: int, batch: int,
+          times: np.ndarray) -> float:
+    """Decode on a thread, preprocess micro-batches here, hand them to the runner; the seconds it all took."""
+    clock = time.perf_counter
+    decoded: queue.Queue = queue.Queue(maxsize=2 * batch)  # one batch ahead: enough to keep inference fed
+    stop = threading.Event()
+    decoder = threading.Thread(target=_decode_worker, args=(reader, frames, decoded, stop, times[0]),
+                               name="fastyolo-decode", daemon=True)
+    start = clock()
+    decoder.start()
     try:
-        # Warm-up through the same asynchronous path (first runs compile and allocate).
-        warm = [reader.read() for _ in range(max(1, warmup))]
-        for i in range(0, len(warm), batch):
-            chunk = warm[i : i + batch]
-            runner.submit(preprocess(_pad(chunk, batch)), _Batch([], chunk, []))
-        runner.wait()
-        reader.rewind()
-
-        decoded: queue.Queue = queue.Queue(maxsize=2 * batch)  # one batch ahead: enough to keep inference fed
-        stop = threading.Event()
-        decoder = threading.Thread(target=_decode_worker, args=(reader, frames, decoded, stop, times[0]),
-                                   name="fastyolo-decode", daemon=True)
-        start = clock()
-        decoder.start()
         finished = False
-        try:
-            while not finished:
-                indices, chunk, starts = [], [], []
-                while len(chunk) < batch:
-                    item = decoded.get()
-                    if item is None:
-                        finished = True
-                        break
-                    if isinstance(item, BaseException):
-                        raise item
-                    indices.append(item[0])
-                    chunk.append(item[1])
-                    starts.append(item[2])
-                if not chunk:
-                    break
-                t0 = clock()
-                images = preprocess(_pad(chunk, batch))  # a fresh array: the last one may still be in flight
-                times[1, indices] = (clock() - t0) * 1000.0 / len(chunk)
-                runner.submit(images, _Batch(indices, chunk, starts))
-                if runner.errors:
-                    raise runner.errors[0]
-            runner.wait()
-        finally:
-            stop.set()
-            decoder.join()
-        seconds = clock() - start
+        while not finished:
+            indices, chunk, starts, finished = _next_batch(decoded, batch)
+            if not chunk:
+                break
+            t0 = clock()
+            images = detector.network_input(_pad(chunk, batch))  # a fresh array: the last one may still be in flight
+            times[1, indices] = (clock() - t0) * 1000.0 / len(chunk)
+            runner.submit(images, _Batch(indices, chunk, starts))
+            if runner.errors:
+                raise runner.errors[0]
+        runner.wait()
+    finally:
+        stop.set()
+        decoder.join()
+    return clock() - start
+
+
+def _throughput(detector: Detector, reader: VideoReader, frames: int, warmup: int, progress: bool, keep: bool,
+                batch: int, in_flight: int | None) -> BenchResult:
+    if detector.info["backend"] not in CPU_BACKENDS:
+        raise FastYoloError("throughput mode pipelines the CPU runtimes (OpenVINO, onnxruntime): use latency mode here")
+    collector = _Collector(detector, frames, keep, progress)
+    runner = _Runner(detector, batch, in_flight, collector.done)
+    try:
+        _warm_up(detector, runner, reader, warmup, batch)
+        seconds = _feed(detector, runner, reader, frames, batch, collector.times)
     finally:
         runner.close()
-        bar.close()
+        collector.bar.close()
+    times = collector.times
     times[5] = 1000.0 * seconds / frames  # period: the run's average (batches overlap)
     info = {**detector.info, "streams": runner.streams}
-    return BenchResult(frames, seconds, info, dict(zip(STAGES, times, strict=True)), found[0],
-                       "throughput", batch, runner.in_flight, outputs if keep else None)
+    return BenchResult(frames, seconds, info, dict(zip(STAGES, times, strict=True)), collector.found,
+                       "throughput", batch, runner.in_flight, collector.outputs if keep else None)

@@ -12,6 +12,7 @@ import argparse
 import os
 from pathlib import Path
 
+from fastyolo import precisions
 from fastyolo.errors import UsageError
 
 CONF = 0.25  # score threshold of a detection
@@ -20,7 +21,7 @@ TOP_K = 100  # most detections per frame (COCO counts at most 100)
 MAP_CONF = 0.01  # mAP integrates over every threshold: evaluation keeps boxes down to this score
 CPU_BACKENDS = ("openvino", "onnxruntime")
 BACKENDS = ("auto", *CPU_BACKENDS, "tensorrt")
-PRECISIONS = ("fp32", "bf16", "int8")  # what a CPU Detector can be asked to run
+PRECISIONS = precisions.for_runtime(*CPU_BACKENDS)  # what a CPU Detector can be asked to run (fastyolo.precisions)
 ENGINE_SUFFIXES = (".plan", ".engine")
 
 
@@ -68,8 +69,9 @@ def check_runtime(*, model: str | os.PathLike | None, backend: str, precision: s
     engine = model is not None and Path(model).suffix.lower() in ENGINE_SUFFIXES
     if precision not in PRECISIONS and not engine:  # an engine's precision is checked by the TensorRT runtime
         raise UsageError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
-    if backend == "onnxruntime" and precision == "bf16":
-        raise UsageError(f"bf16 runs on OpenVINO only: use {name('backend')} openvino (or {name('precision')} fp32)")
+    if backend in CPU_BACKENDS and precision in PRECISIONS and (why := precisions.only_on(precision, backend)):
+        other = next(b for b in CPU_BACKENDS if b != backend)
+        raise UsageError(f"{why}: use {name('backend')} {other} (or {name('precision')} fp32)")
     if model is None:
         return
     if backend == "tensorrt" and not engine:

@@ -2,7 +2,7 @@
 
 Each round runs every combination on the same frames; odd rounds go in reverse order, so slow
 drift of a shared machine (other jobs, clocks, caches) hits every row alike. Rows are the pooled
-rounds; ratios are to the fp32 onnxruntime latency row.
+rounds; ratios are to the baseline row, fp32 onnxruntime in latency mode (fastyolo.precisions).
 """
 
 from __future__ import annotations
@@ -15,17 +15,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from fastyolo import precisions
 from fastyolo.bench import STAGES, BenchResult, run_bench
 from fastyolo.detector import Detector
 
-DEFAULT_COMBOS: tuple[tuple[str, str], ...] = (
-    ("onnxruntime", "fp32"),
-    ("openvino", "fp32"),
-    ("openvino", "bf16"),
-    ("onnxruntime", "int8"),
-    ("openvino", "int8"),
-)
-REFERENCE = ("onnxruntime", "fp32", "latency")
+DEFAULT_COMBOS: tuple[tuple[str, str], ...] = precisions.cpu_combos()  # every CPU backend x precision
+BASELINE = (*precisions.COMPARE_BASELINE, "latency")
 
 
 @dataclass(frozen=True)
@@ -109,27 +104,28 @@ def _pool(results: list[BenchResult]) -> BenchResult:
                        overlap=first.overlap)
 
 
-def _reference(results: list[BenchResult]) -> BenchResult:
+def _baseline(results: list[BenchResult]) -> BenchResult:
     for r in results:  # the first matching row: with --before-after, the "before" pipeline's
-        if (r.info["backend"], r.info["requested_precision"], r.mode) == REFERENCE:
+        if (r.info["backend"], r.info["requested_precision"], r.mode) == BASELINE:
             return r
     return results[0]
 
 
 def compare_json(results: list[BenchResult], rounds: int) -> dict:
-    ref = _reference(results)
+    base = _baseline(results)
     rows = []
     for r in results:
         row = r.to_json()
-        row["fps_ratio"] = round(r.fps / ref.fps, 3)
-        row["stage_ratio_p50"] = {  # reference time / this time: above 1 is faster
-            s: round(float(np.median(ref.times_ms[s]) / max(np.median(r.times_ms[s]), 1e-9)), 3) for s in STAGES
+        row["fps_ratio"] = round(r.fps / base.fps, 3)
+        row["stage_ratio_p50"] = {  # baseline time / this time: above 1 is faster
+            s: round(float(np.median(base.times_ms[s]) / max(np.median(r.times_ms[s]), 1e-9)), 3) for s in STAGES
         }
         row["pipeline"] = r.info.get("pipeline", "")
         row["network_p50_ms"] = round(r.p50("infer"), 3)
         row["frame_period_p50_ms"] = round(r.p50("period"), 3)
         rows.append(row)
-    return {"reference": "/".join(REFERENCE), "rounds": rounds, "interleaved": True, "rows": rows}
+    name = "/".join(BASELINE)  # "reference": the old key, kept for JSON readers
+    return {"baseline": name, "reference": name, "rounds": rounds, "interleaved": True, "rows": rows}
 
 
 def issue_table(results: list[BenchResult]) -> str:
@@ -158,22 +154,22 @@ def _label(r: BenchResult) -> str:
 
 
 def compare_table(results: list[BenchResult], rounds: int) -> str:
-    ref = _reference(results)
+    base = _baseline(results)
     cells = "  ".join(f"{s + ' p50/p90/p99':>22}" for s in STAGES)
     lines = [
-        f"{rounds} interleaved rounds; ratios to {ref.info['backend']} {ref.info['precision']} {ref.mode} "
-        f"({ref.fps:.1f} FPS); ms per frame",
+        f"{rounds} interleaved rounds; ratios to the baseline {base.info['backend']} {base.info['precision']} "
+        f"{base.mode} ({base.fps:.1f} FPS); ms per frame",
         f"{'pipeline':<16}{'backend':<12}{'precision':<10}{'mode':<11}{'batch':>5}{'FPS':>8}{'x FPS':>7}{'x infer':>8}"
         f"  {cells}",
     ]
     for r in results:
-        infer_ratio = np.median(ref.times_ms["infer"]) / max(np.median(r.times_ms["infer"]), 1e-9)
+        infer_ratio = np.median(base.times_ms["infer"]) / max(np.median(r.times_ms["infer"]), 1e-9)
         p = r.percentiles()
         stage_cells = "  ".join(f"{p[s]['p50']:>8.2f}/{p[s]['p90']:.2f}/{p[s]['p99']:.2f}".rjust(22) for s in STAGES)
         lines.append(
             f"{_label(r):<16}{r.info['backend']:<12}{r.info['precision']:<10}{r.mode:<11}{r.batch:>5}{r.fps:>8.1f}"
-            f"{r.fps / ref.fps:>7.2f}{infer_ratio:>8.2f}  {stage_cells}"
+            f"{r.fps / base.fps:>7.2f}{infer_ratio:>8.2f}  {stage_cells}"
         )
     model = Path(results[0].info["model"]).name if results else "?"
-    lines.append(f"(model {model}; x = ratio to the reference row, above 1 is faster; throughput rows overlap stages)")
+    lines.append(f"(model {model}; x = ratio to the baseline row, above 1 is faster; throughput rows overlap stages)")
     return "\n".join(lines)

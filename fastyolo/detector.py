@@ -6,7 +6,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,7 @@ class Detector:
         if model is None:  # the trained model that ships in the package (fastyolo/weights/README.md)
             from fastyolo.shipped import shipped_model
 
-            model = shipped_model(precision if precision in ("fp32", "bf16", "int8") else "fp32")
+            model = shipped_model(precision if precision in cfg.PRECISIONS else "fp32")
         # A training checkpoint (.pt, or backend="torch") runs on torch, on `device` (default: the GPU if
         # torch sees one); fastyolo.gpu.torch_engine checks its own precision (fp32/fp16/bf16) and device.
         on_torch = backend == "torch" or Path(model).suffix.lower() == ".pt"
@@ -140,6 +140,41 @@ class Detector:
         frames = [f if isinstance(f, Resized) else check_frame(f) for f in frames]
         with self._lock or _NO_LOCK:
             return np.array(self.pipeline.infer(self.pipeline.preprocess(frames)), np.float32)
+
+    # The three below split a call into its steps for callers that schedule the steps themselves
+    # (bench's throughput mode, agreement checks); CPU runtimes only, where every step is on the host.
+
+    def decode(self, grids: np.ndarray, sizes: np.ndarray | Sequence[tuple[int, int]],
+               conf: float | None = None) -> list[Detections]:
+        """Decode + NMS of raw outputs (`raw_outputs`, or a `parallel_runners` runner's) into Detections.
+
+        sizes: each frame's (width, height) in pixels, so boxes come out in frame pixels; conf: the
+        score threshold for this call [the Detector's]. Raises ModelError on NaN/inf outputs.
+        """
+        conf = self.conf if conf is None else cfg.check_fraction("conf", conf)
+        sizes = np.asarray(sizes, np.float64).reshape(-1, 2)
+        return self._cpu("decode").postprocess(grids, sizes, conf, self.iou, self.top_k)
+
+    def network_input(self, frames: Sequence[np.ndarray | Resized]) -> np.ndarray:
+        """The network's input for `frames` (any sizes, or `prepare`d) in a new array, safe to keep in flight."""
+        frames = [f if isinstance(f, Resized) else check_frame(f) for f in frames]
+        return self._cpu("network_input").new_input(frames)
+
+    def parallel_runners(self, batch: int, count: int | None = None) -> tuple[list[Callable[[np.ndarray], np.ndarray]], int]:
+        """(runners, streams): `run(network_input) -> raw outputs` callables for batches of `batch` frames
+        that may run at the same time, each on its own thread (one batch at a time per runner).
+
+        OpenVINO: one infer request each on a model compiled with the THROUGHPUT hint, which splits the
+        threads into `streams` (count: the plugin's optimum by default); onnxruntime: `count` (default 1)
+        handles on its thread-safe session, since one run already uses every thread.
+        """
+        return self._cpu("parallel_runners").parallel_runners(batch, count)
+
+    def _cpu(self, what: str) -> CpuPipeline:
+        if not isinstance(self.pipeline, CpuPipeline):
+            raise ValueError(f"Detector.{what} runs on the CPU runtimes (OpenVINO, onnxruntime), "
+                             f"not {self.pipeline.info['backend']}: use detect_batch")
+        return self.pipeline
 
     def track(self, frames: Iterable[np.ndarray], *, fps: float = 30.0, smooth: str = "kalman") -> Iterator[Detections]:
         """Detect in consecutive frames of one video; yields each frame's Detections with `track_ids`.

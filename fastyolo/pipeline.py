@@ -107,6 +107,21 @@ class CpuPipeline:
     def infer(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run(batch)
 
+    def new_input(self, frames: list[np.ndarray | Resized]) -> np.ndarray:
+        """The network input for `frames` in a fresh array (preprocess reuses this thread's buffer)."""
+        return preprocess_for(self.input_format, frames, None)
+
+    def parallel_runners(self, batch: int, count: int | None = None) -> tuple[list, int]:
+        """(runners, streams): `run(images) -> grids` callables that may run at once, one per thread.
+
+        OpenVINO: one infer request each on a THROUGHPUT-compiled model (`count` defaults to the
+        plugin's optimum); onnxruntime: its thread-safe `run`, `count` times (default 1: one run
+        already uses every thread).
+        """
+        if hasattr(self.session, "throughput_runners"):
+            return self.session.throughput_runners(batch, count)
+        return [self.session.run] * (count or 1), 1
+
     def postprocess(self, grids: np.ndarray, sizes: np.ndarray, conf: float, iou: float, top_k: int) -> list[Detections]:
         # Sigmoid/softmax outputs are finite; NaN or inf means a broken model, and the kernels'
         # comparisons would quietly drop such boxes instead of saying so.

@@ -4,7 +4,8 @@ from typing import Protocol
 
 import numpy as np
 
-from fastyolo.cfg import PRECISIONS  # the names live in fastyolo.cfg
+from fastyolo import precisions
+from fastyolo.cfg import PRECISIONS  # the names live in fastyolo.precisions
 
 
 class Session(Protocol):
@@ -22,6 +23,10 @@ def check_precision(model_precision: str, requested: str, backend: str) -> None:
 
     if requested not in PRECISIONS:
         raise ValueError(f"unknown precision {requested!r}: choose one of {', '.join(PRECISIONS)}")
+    why = precisions.only_on(requested, backend)
+    if why:  # e.g. bf16 on onnxruntime
+        other = next(b for b in precisions.CPU_RUNTIMES if b != backend)
+        raise ValueError(f"{why}: use backend={other!r} (or precision='fp32')")
     if requested == "int8" and model_precision != "int8":
         raise ModelError(
             "int8 needs a quantised model: 'fastyolo quantize MODEL.onnx --calib DIR' "

@@ -17,8 +17,6 @@ class OnnxRuntimeSession:
         import onnxruntime as ort
 
         check_precision(model.precision, precision, self.name)
-        if precision == "bf16":
-            raise ValueError("bf16 runs on OpenVINO only: use backend='openvino' (or precision='fp32')")
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(threads)
         options.inter_op_num_threads = 1

@@ -11,10 +11,11 @@ from fastyolo.errors import ModelError
 from fastyolo.input_format import NORMALIZED, UINT8, input_shape
 from fastyolo.layout import INPUT_NAME, MEAN, STD
 from fastyolo.model_file import ModelFile
+from fastyolo.precisions import openvino_hints
 
 # OpenVINO's CPU plugin silently runs bf16 where the CPU has it unless told otherwise, so the
-# hint is always set from the requested precision.
-_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
+# hint is always set from the requested precision (the table in fastyolo.precisions).
+_HINTS = openvino_hints()
 
 
 def cpu_has_bf16() -> bool:
@@ -99,6 +100,23 @@ class OpenVINOSession:
         if request is None:
             request = requests[batch] = self._compile(batch).create_infer_request()
         return request
+
+    def throughput_runners(self, batch: int, jobs: int | None = None) -> tuple[list, int]:
+        """(runners, streams): one `run(images) -> grid` per infer request of a THROUGHPUT-compiled model.
+
+        Each runner owns its request, so different runners may run at once on different threads; one
+        runner runs one batch at a time. Synchronous `infer` (it releases the GIL), not
+        AsyncInferQueue: its callbacks take the GIL on OpenVINO's threads, and tearing the compiled
+        model down then deadlocked (OpenVINO 2026.4).
+        """
+        def runner(request):
+            def run(images: np.ndarray) -> np.ndarray:
+                request.infer({0: images}, share_inputs=True)
+                return request.get_output_tensor(0).data.copy()
+            return run
+
+        requests = self.throughput_requests(batch, jobs)
+        return [runner(r) for r in requests], self.streams
 
     def throughput_requests(self, batch: int, jobs: int | None = None) -> list:
         """Infer requests for batches of `batch` on a model compiled with the THROUGHPUT hint.

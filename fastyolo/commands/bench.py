@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 from fastyolo import cfg
-from fastyolo.backends import BACKENDS, PRECISIONS
 from fastyolo.errors import UsageError
 from fastyolo.pipeline import NORMALIZE_CHOICES
 
@@ -62,17 +61,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _combos(text: str | None) -> tuple[tuple[str, str], ...]:
-    from fastyolo.compare import DEFAULT_COMBOS
-    from fastyolo.errors import FastYoloError
+    """--combos: backend:precision items, each one a CPU runtime runs (fastyolo.precisions.cpu_combos)."""
+    from fastyolo.precisions import cpu_combos
 
     if not text:
-        return DEFAULT_COMBOS
+        return cpu_combos()
     combos = []
     for item in text.split(","):
         backend, _, precision = item.strip().partition(":")
-        if backend not in BACKENDS or precision not in PRECISIONS:
-            raise FastYoloError(f"--combos item {item!r}: write backend:precision with backend in {', '.join(BACKENDS)} "
-                                f"and precision in {', '.join(PRECISIONS)}, e.g. openvino:int8")
+        if (backend, precision) not in cpu_combos():
+            raise UsageError(f"--combos item {item!r}: write backend:precision, one of "
+                                f"{', '.join(':'.join(c) for c in cpu_combos())}")
         combos.append((backend, precision))
     return tuple(combos)
 
@@ -85,6 +84,7 @@ def _check_args(args: argparse.Namespace) -> None:
         cfg.check_at_least(f"--{name.replace('_', '-')}", getattr(args, name), 1)
     cfg.check_at_least("--in-flight", args.in_flight, 1, optional=True)
     cfg.check_at_least("--warmup", args.warmup, 0)
+    _combos(args.combos)  # before any model is exported or quantised
     cfg.check_runtime_args(args, args.model)
     inputs = [args.model, args.video, args.int8_model, args.calib, args.data]
     if args.model:  # the int8 sibling bench may pick up
@@ -215,7 +215,11 @@ def _run(args: argparse.Namespace) -> int:
         frames = calibration_frames(data, args.check_frames)
         rows = check_precisions(model, int8_model(), frames, threads=args.threads, conf=args.conf, iou=args.iou)
         print(check_table(rows, len(frames), str(data)))
-        output["check"] = {"data": str(data), "frames": len(frames), "reference": "openvino/fp32", "rows": rows}
+        from fastyolo.agreement import BASELINE
+
+        baseline = "/".join(BASELINE)  # "reference": its old key, kept for JSON readers
+        output["check"] = {"data": str(data), "frames": len(frames), "baseline": baseline, "reference": baseline,
+                           "rows": rows}
     if args.compare:
         output["compare"] = _compare(args, model, video, int8_model)
     if args.check or args.compare:

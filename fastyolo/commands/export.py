@@ -9,6 +9,7 @@ from pathlib import Path
 from fastyolo.errors import MissingDependencyError, UsageError
 from fastyolo.fileio import check_outputs
 from fastyolo.input_format import NORMALIZED, UINT8
+from fastyolo.precisions import exportable, get
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -18,8 +19,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--untrained", action="store_true", help="random weights, for timing only")
     p.add_argument("--backbone", default="resnet50", help="with --untrained: resnet18, resnet34 or resnet50")
     p.add_argument("--seed", type=int, default=0, help="with --untrained: weight seed [0]")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8"),
-                   help="fp32; fp16 (half weights and activations, for TensorRT); int8 (explicit Q/DQ) [fp32]")
+    p.add_argument("--precision", default="fp32", choices=exportable(),
+                   help="; ".join(f"{name}: {get(name).holds}" for name in exportable()) + " [fp32]")
     p.add_argument("--calib", type=Path, help="with --precision int8: folder of real frames to calibrate on")
     p.add_argument("--input", default="uint8", choices=("uint8", "normalized"),
                    help="uint8: the model takes resized uint8 BGR pixels and normalises in its graph (ImageNet "
@@ -38,8 +39,9 @@ def run(args: argparse.Namespace) -> int:
         raise MissingDependencyError("exporting needs torch: pip install 'fastyolo[train]'") from None
     if args.untrained == (args.checkpoint is not None):
         raise UsageError("give either CHECKPOINT or --untrained")
-    if args.precision == "int8" and args.calib is None:
-        raise UsageError("--precision int8 needs --calib DIR (a folder of real frames)")
+    precision = get(args.precision)
+    if precision.needs_calib and args.calib is None:
+        raise UsageError(f"--precision {precision.name} needs --calib DIR (a folder of real frames)")
     # Lower precisions are made from an fp32 export: it goes to a temporary file beside the output
     # (no side file left behind, no NAME.fp32.onnx of the user's replaced).
     check_outputs([("-o", args.output)], [args.checkpoint, args.calib])
@@ -56,14 +58,8 @@ def run(args: argparse.Namespace) -> int:
     # itself (TensorRT 11 has no FP16/INT8 builder flags).
     with tempfile.TemporaryDirectory(prefix=".fastyolo-export-", dir=args.output.parent) as tmp:
         fp32_path = _export_fp32(model, Path(tmp) / f"{args.output.stem}.fp32.onnx", args.untrained, fmt, final=False)
-        if args.precision == "fp16":
-            from fastyolo.fp16 import convert_fp16
-
-            convert_fp16(fp32_path, args.output)
-        else:
-            from fastyolo.quantize import quantize_int8
-
-            quantize_int8(fp32_path, args.output, args.calib)
+        convert = precision.convert()  # the table's converter: fastyolo.fp16.convert_fp16, fastyolo.quantize.quantize_int8
+        convert(fp32_path, args.output, *([args.calib] if precision.needs_calib else []))
     print(f"wrote {args.output} ({args.precision})")
     return 0
 

@@ -36,10 +36,11 @@ from fastyolo.gpu.availability import require_gpu_stack
 from fastyolo.gpu.engine_file import check_compatible, read_sidecar
 from fastyolo.input_format import UINT8, format_of, input_shape
 from fastyolo.layout import CELL_SIZE, GRID, INPUT_NAME, INPUT_SIZE, MAX_BOXES, OUTPUT_NAME, output_shape
+from fastyolo.precisions import for_runtime
 from fastyolo.preprocess import resize_rgb, small_bgr
 
 TIMED_STAGES = ("h2d", "infer", "decode_nms", "d2h")
-ENGINE_PRECISIONS = ("fp32", "fp16", "int8")  # what the ONNX can carry (fastyolo export --precision)
+ENGINE_PRECISIONS = for_runtime("tensorrt")  # what an engine can be built from (fastyolo.precisions)
 # Rows (24 B each) brought back by the first copy with the header. A copy costs ~10 us of PCIe
 # latency whatever its size and 256 rows are 6 kB (~0.5 us more at 12 GB/s), so one copy covers
 # any single frame (top_k <= 242) and almost any batch; bigger results take a second copy.

@@ -35,9 +35,10 @@ import numpy as np
 from fastyolo.detections import Detections
 from fastyolo.errors import GpuUnavailableError, ModelError
 from fastyolo.layout import CELL_SIZE, GRID, INPUT_SIZE, MAX_BOXES, MEAN, STD
+from fastyolo.precisions import for_runtime
 from fastyolo.preprocess import resize_rgb
 
-TORCH_PRECISIONS = ("fp32", "fp16", "bf16")
+TORCH_PRECISIONS = for_runtime("torch")  # fastyolo.precisions
 ROW_VALUES = 6  # kernels.cuda.ROW_VALUES (not imported: that would import numba.cuda on the CPU path)
 # Rows brought back by the copy inside the graph; more kept rows in one batch take a second copy.
 FIRST_COPY_ROWS = 256
