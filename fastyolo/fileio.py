@@ -13,7 +13,8 @@ Outputs:
   mkstemp's 0600.
 
 Frames: `read_image` (never raises: unreadable files are skipped by callers), `image_paths`,
-`VideoReader` (optionally looping), `sample_frames` (frames spread evenly over a folder or a video,
+`VideoReader` (the one reader of video files and cameras, optionally looping; `fastyolo.sources`
+wraps it for detect), `sample_frames` (frames spread evenly over a folder or a video,
 for calibration and checks) and `sample_video` (the bundled real highway clip).
 """
 
@@ -207,31 +208,69 @@ def _quiet_capture(target: str | int) -> cv2.VideoCapture:
 
 
 class VideoReader:
-    """Frames of a video file in order, looping back to the start when `loop` is set."""
+    """Frames of a video file or a camera, in order: the one frame reader of bench, detect and calibration.
 
-    def __init__(self, path: str | os.PathLike, loop: bool = True):
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise FastYoloError(f"video not found: {self.path}")
-        self.capture = _quiet_capture(str(self.path))
-        if not self.capture.isOpened():
-            self.capture.release()
-            raise FastYoloError(f"OpenCV cannot open {self.path} as a video (corrupt, or an unsupported codec)")
-        self.loop = loop
-        self.frame_count = int(self.capture.get(cv2.CAP_PROP_FRAME_COUNT))
-        self.fps = float(self.capture.get(cv2.CAP_PROP_FPS)) or 25.0
+    source: a video file or a camera index. loop (files only): rewind at the end instead of stopping
+    (bench loops its clip). fps: the stream's rate where it is sane, else 30 (some containers and
+    cameras report 0 or nonsense); frame_count: what the file's header announces (0 where unknown,
+    and for a camera). After a read ended the stream, `truncated()` says whether a file stopped short
+    of its header's count. `what` names the expected content in the error for a file OpenCV cannot open.
+    """
+
+    def __init__(self, source: str | os.PathLike | int, loop: bool = True, *, what: str = "a video"):
+        if isinstance(source, int):
+            self.path: Path | None = None
+            self.name, self.kind = f"camera {source}", "camera"
+            self.capture = _quiet_capture(source)
+            if not self.capture.isOpened():
+                self.capture.release()
+                raise FastYoloError(f"camera {source} cannot be opened: no camera at that index, or it is busy "
+                                    "(check it is connected and free, or pass a video file instead)")
+        else:
+            self.path = Path(source)
+            self.name, self.kind = str(self.path), "video"
+            if not self.path.is_file():
+                raise FastYoloError(f"video not found: {self.path}")
+            self.capture = _quiet_capture(str(self.path))
+            if not self.capture.isOpened():
+                self.capture.release()
+                raise FastYoloError(f"OpenCV cannot open {self.path} as {what} (corrupt, or an unsupported "
+                                    "format/codec)")
+        self.loop = loop and self.kind == "video"
+        count = int(self.capture.get(cv2.CAP_PROP_FRAME_COUNT))
+        self.frame_count = count if count > 0 and self.kind == "video" else 0
+        fps = float(self.capture.get(cv2.CAP_PROP_FPS))
+        self.fps = fps if 0.5 < fps < 1000 else 30.0
+        self.position = 0  # index of the next frame read returns
+        self.ended = False  # a read found the end of the stream (without looping)
 
     def read(self) -> np.ndarray | None:
+        """The next BGR frame, or None at the end of the stream (with `loop`, only if nothing decodes at all)."""
         ok, frame = self.capture.read()
-        if not ok and self.loop:
+        if (not ok or frame is None) and self.loop:
             self.rewind()
             ok, frame = self.capture.read()
-        if not ok:
+        if not ok or frame is None:
+            self.ended = True
             return None
+        self.position += 1
         return frame
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        """Frames until the stream ends (forever on a looping reader)."""
+        while (frame := self.read()) is not None:
+            yield frame
+
+    def truncated(self) -> str | None:
+        """After the stream ended by itself: a note if it ended before the frame count its header announces."""
+        if not self.ended or not self.frame_count or self.position >= self.frame_count:
+            return None
+        return (f"{self.name} ended after {self.position} of the {self.frame_count} frames its header announces "
+                "(truncated or damaged file?)")
 
     def seek(self, index: int) -> None:
         self.capture.set(cv2.CAP_PROP_POS_FRAMES, index)
+        self.position, self.ended = index, False
 
     def rewind(self) -> None:
         self.seek(0)

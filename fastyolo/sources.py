@@ -12,11 +12,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from fastyolo.errors import FastYoloError
-from fastyolo.fileio import IMAGE_SUFFIXES, _quiet_capture, read_image
+from fastyolo.fileio import IMAGE_SUFFIXES, VideoReader, read_image
 
 __all__ = ["IMAGE_SUFFIXES", "Frame", "ImageSource", "VideoSource", "open_source", "read_image"]
 
@@ -74,40 +73,32 @@ def unique_names(paths: list[Path]) -> dict[Path, str]:
 
 
 class VideoSource:
-    """Frames of a video file or a camera, in order, until the stream ends."""
+    """Frames of a video file or a camera as `Frame`s, in order, until the stream ends.
 
-    def __init__(self, capture: cv2.VideoCapture, name: str, kind: str):
-        self.capture, self.name, self.kind = capture, name, kind
+    The reading is fastyolo.fileio.VideoReader's (the same reader bench uses); this adds detect's
+    source interface: Frame objects, `frame_count` (None where unknown), `skipped`, `paths`.
+    """
+
+    def __init__(self, reader: VideoReader):
+        self.reader = reader
+        self.name, self.kind, self.fps = reader.name, reader.kind, reader.fps
         self.skipped: list[tuple[Path, str]] = []
-        fps = float(capture.get(cv2.CAP_PROP_FPS))
-        self.fps = fps if 0.5 < fps < 1000 else 30.0  # some containers and cameras report 0 or nonsense
-        count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
-        self.frame_count = count if count > 0 and kind == "video" else None
-        self.paths = [Path(name)] if kind == "video" else []
+        self.frame_count = reader.frame_count or None
+        self.paths = [reader.path] if reader.path is not None else []
 
     def __len__(self) -> int:
         return self.frame_count or 0
 
     def __iter__(self) -> Iterator[Frame]:
-        index = 0
-        while True:
-            ok, image = self.capture.read()
-            if not ok or image is None:
-                self.decoded = index
-                return
+        for index, image in enumerate(self.reader):
             yield Frame(image, index)
-            index += 1
 
     def truncated(self) -> str | None:
         """After the stream ended by itself: a note if it ended before the frame count its header announces."""
-        decoded = getattr(self, "decoded", None)
-        if decoded is None or not self.frame_count or decoded >= self.frame_count:
-            return None
-        return (f"{self.name} ended after {decoded} of the {self.frame_count} frames its header announces "
-                "(truncated or damaged file?)")
+        return self.reader.truncated()
 
     def close(self) -> None:
-        self.capture.release()
+        self.reader.close()
 
     def __enter__(self):
         return self
@@ -143,17 +134,8 @@ def open_source(spec: str) -> Source:
 
 
 def open_video(path: Path) -> VideoSource:
-    capture = _quiet_capture(str(path))
-    if not capture.isOpened():
-        capture.release()
-        raise FastYoloError(f"OpenCV cannot open {path} as a video or image (corrupt, or an unsupported format/codec)")
-    return VideoSource(capture, str(path), "video")
+    return VideoSource(VideoReader(path, loop=False, what="a video or image"))
 
 
 def open_camera(index: int) -> VideoSource:
-    capture = _quiet_capture(index)
-    if not capture.isOpened():
-        capture.release()
-        raise FastYoloError(f"camera {index} cannot be opened: no camera at that index, or it is busy "
-                            "(check it is connected and free, or pass a video file instead)")
-    return VideoSource(capture, f"camera {index}", "camera")
+    return VideoSource(VideoReader(index, loop=False))
