@@ -79,7 +79,7 @@ def parity(cpu_dets: list, gpu_dets: list) -> float | None:
 def time_engine(plan: Path, video: Path, frames: int, warmup: int, conf: float, iou: float) -> dict:
     from tqdm import tqdm
 
-    from fastyolo.bench import VideoReader
+    from fastyolo.fileio import VideoReader
     from fastyolo.gpu import TensorRTPipeline
 
     pipe = TensorRTPipeline(plan, timing=True)
@@ -138,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     import cv2
 
     from fastyolo import Detector
-    from fastyolo.bench import sample_video
+    from fastyolo.fileio import sample_video
     from fastyolo.fp16 import convert_fp16
     from fastyolo.gpu import build_engine
     from fastyolo.quantize import quantize_int8

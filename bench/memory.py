@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from fastyolo import Detector
-    from fastyolo.bench import VideoReader, run_bench, sample_video
+    from fastyolo.bench import run_bench
+    from fastyolo.fileio import VideoReader, sample_video
     from fastyolo.quantize import int8_model_for
     from fastyolo.reference_model import untrained_model
 

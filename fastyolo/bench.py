@@ -26,7 +26,9 @@ from fastyolo.cfg import CPU_BACKENDS
 from fastyolo.detections import Detections
 from fastyolo.detector import Detector
 from fastyolo.errors import FastYoloError
-from fastyolo.fileio import VideoReader, sample_video  # noqa: F401  (re-exported: bench scripts import them from here)
+
+# The video I/O lives in fastyolo.fileio; re-exported here for scripts that imported it from bench.
+from fastyolo.fileio import VideoReader, sample_video  # noqa: F401
 
 # total: frame latency, from the start of the frame's decode to its detections (what a live camera waits).
 # period: the critical path per frame, from the previous frame's detections to this one's (1 / FPS on

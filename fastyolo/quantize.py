@@ -96,6 +96,44 @@ def nodes_kept_fp32(model, keep: Sequence[str]) -> list[str]:
     return names
 
 
+def _calibrate(prepared: Path, calibration, frames: list[np.ndarray], progress: bool, input_format: str,
+               tmp: Path) -> Path:
+    """Activation ranges of `prepared` over the calibration frames, saved as quantize_static's cache file.
+
+    Computed here rather than inside quantize_static, which cannot pass the histogram sizes: its
+    entropy search uses 128 bins for 128 quantised bins, so the only threshold it can pick is the
+    full range (identical to minmax, measured). 2048 bins searched down to 128, as TensorRT's
+    entropy calibrator does, make the search real.
+    """
+    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+
+    ranges = tmp / "ranges.json"
+    calibrator = create_calibrator(
+        prepared, OPS_TO_QUANTIZE, augmented_model_path=str(tmp / "augmented.onnx"),
+        calibrate_method=calibration,
+        extra_options={"num_bins": 2048, "num_quantized_bins": QUANTIZED_BINS, "percentile": 99.999, "symmetric": False},
+    )
+    with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print their settings
+        calibrator.collect_data(_reader(frames, progress, input_format))
+        save_tensors_data(calibrator.compute_data(), ranges)
+    del calibrator
+    return ranges
+
+
+def _save_with_metadata(quantized: Path, out_onnx: Path, metadata: dict[str, str]) -> None:
+    """`quantized` with its metadata replaced by `metadata`, written to `out_onnx` atomically and read back."""
+    import onnx
+
+    proto = onnx.load_model(str(quantized))
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        proto.metadata_props.add(key=key, value=value)
+    # Temp name + rename, so a failure never leaves a half-written model behind.
+    with atomic_path(out_onnx) as partial:
+        onnx.save_model(proto, str(partial))
+        read_onnx(partial)
+
+
 def quantize_int8(
     fp32_onnx: str | os.PathLike,
     out_onnx: str | os.PathLike,
@@ -116,7 +154,7 @@ def quantize_int8(
     try:
         import onnx
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-        from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+        from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data  # noqa: F401 (checked here)
         from onnxruntime.quantization.shape_inference import quant_pre_process
     except ImportError as exc:  # pragma: no cover - onnxruntime is a core dependency
         raise MissingDependencyError(f"int8 quantisation needs onnxruntime's quantisation tools: {exc}") from None
@@ -141,20 +179,7 @@ def quantize_int8(
             "entropy": CalibrationMethod.Entropy,
             "percentile": CalibrationMethod.Percentile,
         }[method]
-        # Ranges are computed here rather than inside quantize_static, which cannot pass the
-        # histogram sizes: its entropy search uses 128 bins for 128 quantised bins, so the only
-        # threshold it can pick is the full range (identical to minmax, measured). 2048 bins
-        # searched down to 128, as TensorRT's entropy calibrator does, make the search real.
-        ranges = Path(tmp) / "ranges.json"
-        calibrator = create_calibrator(
-            prepared, OPS_TO_QUANTIZE, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
-            calibrate_method=calibration,
-            extra_options={"num_bins": 2048, "num_quantized_bins": QUANTIZED_BINS, "percentile": 99.999, "symmetric": False},
-        )
-        with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print their settings
-            calibrator.collect_data(_reader(calib_frames, progress, source.input_format))
-            save_tensors_data(calibrator.compute_data(), ranges)
-        del calibrator
+        ranges = _calibrate(prepared, calibration, calib_frames, progress, source.input_format, Path(tmp))
         quantize_static(
             str(prepared),
             str(quantized),
@@ -169,20 +194,12 @@ def quantize_int8(
             calibrate_method=calibration,
             extra_options={"WeightSymmetric": True},
         )
-        proto = onnx.load_model(str(quantized))
-        metadata = {
+        _save_with_metadata(quantized, out_onnx, {
             **source.metadata,
             "fastyolo.precision": "int8",
             "fastyolo.int8.calibration": f"{method}, {len(calib_frames)} frames of {Path(calib).name}",
             "fastyolo.int8.fp32_parts": ",".join(keep_fp32) or "none",
-        }
-        del proto.metadata_props[:]
-        for key, value in metadata.items():
-            proto.metadata_props.add(key=key, value=value)
-        # Temp name + rename, so a failure never leaves a half-written model behind.
-        with atomic_path(out_onnx) as partial:
-            onnx.save_model(proto, str(partial))
-            read_onnx(partial)
+        })
     return out_onnx
 
 

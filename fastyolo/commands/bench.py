@@ -173,8 +173,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from fastyolo.bench import run_bench, sample_video
+    from fastyolo.bench import run_bench
     from fastyolo.detector import Detector
+    from fastyolo.fileio import sample_video
     from fastyolo.input_format import NORMALIZED, UINT8
     from fastyolo.reference_model import untrained_model
 

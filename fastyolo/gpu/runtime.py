@@ -62,6 +62,17 @@ class DeviceGrids:
     grids: Any  # device view (n, S, S, CELL_SIZE) float32
 
 
+def _check_precision(path: Path, requested: str, built: str) -> None:
+    """An engine's precision is fixed when it is built: `requested` must be fp32 (the default: whatever it is) or that."""
+    if requested not in ENGINE_PRECISIONS:
+        raise ValueError(f"unknown precision {requested!r} for a TensorRT engine: choose {', '.join(ENGINE_PRECISIONS)}")
+    if requested not in ("fp32", built):
+        raise ModelError(
+            f"{path.name} is an {built} engine and precision is fixed when an engine is built: for {requested}, "
+            f"'fastyolo export ... --precision {requested}' and build an engine from that"
+        )
+
+
 class TensorRTPipeline:
     """The Pipeline protocol (fastyolo.pipeline) on an NVIDIA GPU."""
 
@@ -75,18 +86,10 @@ class TensorRTPipeline:
             from fastyolo.gpu.device import NumbaCudaDevice
 
             device = NumbaCudaDevice()
-        from fastyolo.kernels.cuda import NORMALIZE_SCALE, NORMALIZE_SHIFT, ROW_VALUES
-
         info = read_sidecar(path)
         check_compatible(path, info, trt.__version__, device.compute_capability)
         built = info.get("precision", "fp32")
-        if precision not in ENGINE_PRECISIONS:
-            raise ValueError(f"unknown precision {precision!r} for a TensorRT engine: choose {', '.join(ENGINE_PRECISIONS)}")
-        if precision not in ("fp32", built):  # fp32 is the Detector's default: "whatever the engine is"
-            raise ModelError(
-                f"{path.name} is an {built} engine and precision is fixed when an engine is built: for {precision}, "
-                f"'fastyolo export ... --precision {precision}' and build an engine from that"
-            )
+        _check_precision(path, precision, built)
 
         self.trt, self.device, self.path = trt, device, path
         # A uint8-input engine (fastyolo.input_format.UINT8) normalises in its own graph: the host resizes,
@@ -102,8 +105,26 @@ class TensorRTPipeline:
         self.max_batch = self._check_io()
         self.context = self.engine.create_execution_context()
         self.stream = device.stream()
+        self._allocate(device, self.max_batch)
+        self._bind_and_compile(device)
 
-        n, s = self.max_batch, INPUT_SIZE
+        self.timing = timing
+        # A graph per (batch, thresholds); the device double captures too, so the control flow is tested.
+        self.use_graphs = bool(cuda_graph) and not timing and hasattr(device, "capture_graph")
+        self._graphs: dict[tuple, Any] = {}
+        self._contexts: dict[int, Any] = {}
+        self._n = 1
+        self.graph_captures = 0
+        self._events = {name: device.event() for name in ("start", *TIMED_STAGES)} if timing else {}
+        self.info = self._info(info, precision)
+
+    # ------------------------------------------------------------------ setup
+
+    def _allocate(self, device, n: int) -> None:
+        """Host (pinned) and device buffers for `n` frames, allocated once; their addresses never change."""
+        from fastyolo.kernels.cuda import NORMALIZE_SCALE, NORMALIZE_SHIFT, ROW_VALUES
+
+        s = INPUT_SIZE
         self._rgb_host = device.pinned((n, s, s, 3), np.uint8)
         self._sizes_host = device.pinned((n, 2), np.float64)
         # The kernel's result, header then rows, in one int32 buffer so a single copy brings back both.
@@ -126,6 +147,10 @@ class TensorRTPipeline:
         self._shift = device.empty((3,), np.float32)
         device.upload(scale, self._scale, self.stream)
         device.upload(shift, self._shift, self.stream)
+
+    def _bind_and_compile(self, device) -> None:
+        """Give TensorRT the I/O buffers' addresses once; compile (or load from numba's cache) the kernels now,
+        not on the first frame."""
         # Every I/O tensor gets its buffer once; the addresses never change.
         buffers = {INPUT_NAME: self._input, OUTPUT_NAME: self._output}
         for name in self._io_names():
@@ -138,32 +163,23 @@ class TensorRTPipeline:
                                  self._result[:3], self.stream)
         self.stream.synchronize()
 
-        self.timing = timing
-        # A graph per (batch, thresholds); the device double captures too, so the control flow is tested.
-        self.use_graphs = bool(cuda_graph) and not timing and hasattr(device, "capture_graph")
-        self._graphs: dict[tuple, Any] = {}
-        self._contexts: dict[int, Any] = {}
-        self._n = 1
-        self.graph_captures = 0
-        self._events = {name: device.event() for name in ("start", *TIMED_STAGES)} if timing else {}
+    def _info(self, info: dict, precision: str) -> dict[str, Any]:
         metadata = info.get("model_metadata", {})
-        self.info = {
+        return {
             "backend": "tensorrt",
-            "device": device.name,
-            "precision": built,
+            "device": self.device.name,
+            "precision": info.get("precision", "fp32"),
             "requested_precision": precision,
             "threads": 1,  # one host thread drives the stream
-            "model": str(path),
+            "model": str(self.path),
             "backbone": metadata.get("fastyolo.backbone", "unknown"),
             "untrained": metadata.get("fastyolo.untrained") == "true",
-            "tensorrt": str(trt.__version__),
+            "tensorrt": str(self.trt.__version__),
             "max_batch": self.max_batch,
             "cuda_graph": self.use_graphs,
             "input": self.input_format,
             "normalize": "graph" if self.uint8_input else "device",
         }
-
-    # ------------------------------------------------------------------ setup
 
     def _io_names(self) -> list[str]:
         return [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
