@@ -9,6 +9,24 @@ import pytest
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 KITTI_DIR = SHARED_DATA / "kitti_tiny"
 CLIP = SHARED_DATA / "video" / "highway_clip.mp4"
+TEACHER = SHARED_DATA / "teacher" / "yolox_nano.onnx"
+UDACITY = SHARED_DATA / "udacity_test_images"
+
+
+@pytest.fixture(scope="session")
+def teacher_path() -> Path:
+    """The COCO teacher detector (YOLOX-nano ONNX) that `fastyolo label` uses."""
+    if not TEACHER.is_file():
+        pytest.skip(f"teacher model not found at {TEACHER} (../shared/data beside the repo)")
+    return TEACHER
+
+
+@pytest.fixture(scope="session")
+def udacity_dir() -> Path:
+    """6 real Udacity highway frames, 1280x720, no labels."""
+    if not UDACITY.is_dir():
+        pytest.skip(f"Udacity test images not found at {UDACITY} (../shared/data beside the repo)")
+    return UDACITY
 
 
 @pytest.fixture(scope="session")

@@ -24,17 +24,13 @@ UDACITY = SHARED_DATA / "udacity_test_images"
 
 
 @pytest.fixture(scope="module")
-def teacher() -> Path:
-    if not TEACHER.is_file():
-        pytest.skip(f"teacher model not found at {TEACHER} (../shared/data beside the repo)")
-    return TEACHER
+def teacher(teacher_path: Path) -> Path:
+    return teacher_path
 
 
 @pytest.fixture(scope="module")
-def udacity() -> Path:
-    if not UDACITY.is_dir():
-        pytest.skip(f"Udacity test images not found at {UDACITY} (../shared/data beside the repo)")
-    return UDACITY
+def udacity(udacity_dir: Path) -> Path:
+    return udacity_dir
 
 
 def _label(capsys, *argv) -> tuple[int, str]:

@@ -31,13 +31,6 @@ CAR, TRUCK, PED = (CLASS_NAMES.index(n) for n in ("Car", "Truck", "Pedestrian"))
 
 
 @pytest.fixture(scope="module")
-def teacher_path() -> Path:
-    if not TEACHER.is_file():
-        pytest.skip(f"teacher model not found at {TEACHER} (../shared/data beside the repo)")
-    return TEACHER
-
-
-@pytest.fixture(scope="module")
 def teacher(teacher_path: Path) -> Teacher:
     return Teacher(teacher_path)
 

@@ -224,3 +224,52 @@ def test_default_recipe_overfits_real_frames_through_the_detector(kitti_dir: Pat
     assert result["map50"] >= 0.9, result
     found = Detector(onnx_path, conf=0.3).detect(cv2.imread(str(samples[1].image_path)))
     assert sorted(found.class_ids.tolist()) == [2, 2, 2]  # the three pedestrians of 000074, nothing else
+
+
+def test_resume_from_another_directory_extends_a_finished_run(resume_data: Path, tmp_path: Path, monkeypatch):
+    """--data is stored absolute (resume works from anywhere) and a larger --epochs extends a finished run."""
+    run = tmp_path / "run"
+    monkeypatch.chdir(resume_data.parent)
+    args = ["train", "--data", resume_data.name, "--out", str(run), "--backbone", "resnet18", "--epochs", "1",
+            "--batch", "2", "--val-split", "0.25", "--workers", "0", "--device", "cpu"]
+    assert cli(args) == 0
+    monkeypatch.chdir(tmp_path)  # elsewhere: the relative --data above no longer resolves from here
+    assert cli(["train", "--out", str(run), "--resume", "--epochs", "2", "--workers", "0", "--device", "cpu"]) == 0
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert torch.load(run / "last.pt", map_location="cpu", weights_only=False)["config"]["epochs"] == 2
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--lr", "-1"], "--lr must be a positive number"),
+    (["--min-size", "-3"], "--min-size must be >= 0"),
+    (["--dropout", "1"], "--dropout must be in [0, 1)"),
+    (["--epochs", "0"], "--epochs and --batch must be at least 1"),
+    (["--workers", "-1"], "--workers must be >= 0"),
+])
+def test_bad_options_are_one_line(resume_data: Path, tmp_path: Path, capsys, extra, message):
+    assert cli([*train_args(resume_data, tmp_path / "run"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()  # nothing written
+
+
+def test_unwritable_out_is_one_line(resume_data: Path, tmp_path: Path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert cli(train_args(resume_data, blocker / "run")) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+
+
+def test_train_config_is_the_one_source_of_defaults():
+    import dataclasses
+
+    from fastyolo.train.config import TrainConfig
+
+    from fastyolo.cli import build_parser
+
+    args = build_parser().parse_args(["train", "--out", "x"])
+    for f in dataclasses.fields(TrainConfig):
+        if f.name != "epochs" and hasattr(args, f.name) and f.default is not dataclasses.MISSING:
+            assert getattr(args, f.name) == f.default, f.name
+    assert TrainConfig(out="x").optimizer == "adam"  # Python users of fit() get what the CLI gives

@@ -234,143 +234,171 @@ def fit(
     validation mAP@0.5 reaches it.
     """
     ddp = init_distributed(config.device)
-    device = pick_device(config.device, ddp)
-    out = Path(config.out)
-    say = log if ddp.main else (lambda _msg: None)
-    if ddp.main:
-        out.mkdir(parents=True, exist_ok=True)
-
-    torch.manual_seed(config.seed)
-    model = YoloNet(config.backbone, head=config.head, dropout=config.dropout)
-    set_confidence_prior(model, CONF_PRIOR)
-    pretrained = resolve_pretrained(config.pretrained, config.backbone)
-    if pretrained and not resume:
-        load_pretrained(model, pretrained)
-    if config.init and not resume:
-        start = load_checkpoint(config.init)
-        if start["backbone"] != config.backbone:
-            raise FastYoloError(f"--init {config.init} holds a {start['backbone']}: pass --backbone {start['backbone']}")
-        model.load_state_dict(start["model"])
-    model.to(device)
-    optimizer = make_optimizer(model, config.optimizer, config.lr)
-
-    train_set = YoloDataset(train_samples, augment=config.augment, seed=config.seed, aspect=config.aspect)
-    val_set = YoloDataset(val_samples, augment=False)
-    bn_set = YoloDataset(calibration_subset(train_samples), augment=False)
-    sampler = ResumableSampler(len(train_set), shuffle=True, seed=config.seed, rank=ddp.rank, world_size=ddp.world_size)
-    steps_per_epoch = math.ceil(len(sampler) / config.batch)
-    # The last epochs see the frames as inference will: the network settles on the real distribution.
-    augment_until = config.epochs - round(config.clean_tail * config.epochs) if config.augment else 0
-    scheduler = make_scheduler(optimizer, config.epochs * steps_per_epoch, config.warmup, config.milestones)
-
-    start_epoch, skip_batches, history, best_map = 0, 0, [], -1.0
-    partial: dict[str, float] = {}
-    if resume:
-        state = load_checkpoint(out / "last.pt")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, skip_batches = state["epoch"], state["batches_done"]
-        history, best_map, partial = state["history"], state["best_map"], state.get("partial", {})
-        set_rng_state(state["rng"])
-        say(f"resuming {out / 'last.pt'}: epoch {start_epoch + 1}/{config.epochs}, batch {skip_batches}/{steps_per_epoch}")
-
-    net = model
-    if ddp.world_size > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    val_loader = _loader(val_set, config.batch, config.workers, device) if ddp.main and len(val_set) else None
-    loader = _loader(train_set, config.batch, config.workers, device, sampler)
-    bn_loader = _loader(bn_set, config.batch, config.workers, device) if config.precise_bn else None
-
-    def save_last(epoch: int, batches_done: int, sums: dict[str, float]) -> None:
-        save_checkpoint(
-            out / "last.pt", model,
-            optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), epoch=epoch,
-            batches_done=batches_done, partial=sums, history=history, best_map=best_map,
-            rng=rng_state(), config=dataclasses.asdict(config),
-        )
-
+    run = _Run(config, train_samples, val_samples, ddp, resume, log if ddp.main else (lambda _msg: None))
     with _StopFlag() as flag:
-        for epoch in range(start_epoch, config.epochs):
+        for epoch in range(run.start_epoch, config.epochs):
             started = time.perf_counter()
-            train_set.set_epoch(epoch)
-            sampler.set_epoch(epoch, skip=skip_batches * config.batch, augment=epoch < augment_until)
-            sums = dict(partial) or {k: 0.0 for k in ("loss", *LOSS_PARTS, "images", "dropped")}
-            net.train()
-            if epoch >= round(config.freeze_bn * config.epochs):
-                # Train the network exactly as it will run (eval-mode BatchNorm): for overfitting, where
-                # the gap between batch and running statistics is what remains.
-                for m in model.modules():
-                    if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                        m.eval()
-            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", total=steps_per_epoch,
-                       initial=skip_batches, disable=not ddp.main, leave=False, dynamic_ncols=True)
-            batches_done = skip_batches
-            for batch in bar:
-                images, boxes, mask, classes = _batch_to(device, batch)
-                loss, parts = yolo_loss(net(images), boxes, mask, classes)
-                if not torch.isfinite(loss):
-                    lr = scheduler.get_last_lr()[0]
-                    raise FastYoloError(f"loss became {float(loss)} at epoch {epoch + 1}: lower --lr (now {lr:.2e})")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                batches_done += 1
-                n = images.shape[0]
-                sums["loss"] += float(loss.detach()) * n
-                for k in LOSS_PARTS:
-                    sums[k] += float(parts[k]) * n
-                sums["images"] += n
-                sums["dropped"] += float(batch[5].sum())
-                bar.set_postfix(loss=f"{sums['loss'] / sums['images']:.3f}", lr=f"{scheduler.get_last_lr()[0]:.1e}")
-                if _should_stop(flag.stop, ddp, device):
-                    bar.close()
-                    if ddp.main:
-                        save_last(epoch, batches_done, sums)
-                        say(f"interrupted in epoch {epoch + 1}: saved {out / 'last.pt'}; continue with --resume")
-                    raise KeyboardInterrupt
-            bar.close()
-            skip_batches, partial = 0, {}
-            if bn_loader is not None and epoch < round(config.freeze_bn * config.epochs):
-                recalibrate_batchnorm(model, bn_loader, device)
-
-            row: dict[str, Any] = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0]}
-            images_seen = max(sums["images"], 1.0)
-            row.update({f"train_{k}": sums[k] / images_seen for k in ("loss", *LOSS_PARTS)})
-            row["dropped_objects"] = int(sums["dropped"])
-            row["train_images"] = int(sums["images"])  # this process's share under DDP
-            row["processes"] = ddp.world_size
-            if val_loader is not None and ((epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs):
-                grids, val_loss = predict(model, val_loader, device)
-                metrics = evaluate_grids(grids, val_samples, config.min_size)
-                row.update({f"val_{k}": v for k, v in val_loss.items()})
-                row["val_map50"] = metrics["map50"]
-                row["val_map50_95"] = metrics["map50_95"]
-            row["seconds"] = round(time.perf_counter() - started, 2)
-            history.append(row)
-
-            if ddp.main:
-                current = row.get("val_map50")
-                if current is not None and current > best_map:
-                    best_map = current
-                    save_checkpoint(out / "best.pt", model, epoch=epoch + 1, metrics=row, config=dataclasses.asdict(config))
-                save_last(epoch + 1, 0, {})
-                _write_history(out, history)
-                from fastyolo.train.plots import plot_curves
-
-                plot_curves(history, out / "curves.png", config.val_name)
-                say(_summary(row, config))
+            sums = run.train_epoch(epoch, flag)
+            row = run.end_epoch(epoch, sums, started)
             if stop_after is not None and epoch + 1 >= stop_after:
                 break
             reached = row.get("val_map50")
             if target_map is not None and reached is not None and reached >= target_map:
-                say(f"{config.val_name} mAP@0.5 {reached:.3f} >= {target_map}: stopping after epoch {epoch + 1}")
+                run.say(f"{config.val_name} mAP@0.5 {reached:.3f} >= {target_map}: stopping after epoch {epoch + 1}")
                 break
     if ddp.world_size > 1:
         dist.barrier()
         dist.destroy_process_group()
-    return history
+    return run.history
+
+
+class _Run:
+    """One training run's state: model, optimizer, schedule, loaders, history; an epoch at a time."""
+
+    def __init__(self, config: TrainConfig, train_samples: Sequence[Sample], val_samples: Sequence[Sample],
+                 ddp: Distributed, resume: bool, say: Callable[[str], None]):
+        self.config, self.ddp, self.say, self.val_samples = config, ddp, say, val_samples
+        self.device = device = pick_device(config.device, ddp)
+        self.out = Path(config.out)
+        if ddp.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        self.model = model = self._build_model(resume)
+        self.optimizer = make_optimizer(model, config.optimizer, config.lr)
+        self.train_set = YoloDataset(train_samples, augment=config.augment, seed=config.seed, aspect=config.aspect)
+        self.sampler = ResumableSampler(len(self.train_set), shuffle=True, seed=config.seed, rank=ddp.rank,
+                                        world_size=ddp.world_size)
+        self.steps_per_epoch = math.ceil(len(self.sampler) / config.batch)
+        # The last epochs see the frames as inference will: the network settles on the real distribution.
+        self.augment_until = config.epochs - round(config.clean_tail * config.epochs) if config.augment else 0
+        self.scheduler = make_scheduler(self.optimizer, config.epochs * self.steps_per_epoch, config.warmup,
+                                        config.milestones)
+        self.start_epoch, self.skip_batches, self.history, self.best_map = 0, 0, [], -1.0
+        self.partial: dict[str, float] = {}
+        if resume:
+            self._resume()
+        self.net = model
+        if ddp.world_size > 1:
+            self.net = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None)
+        val_set = YoloDataset(val_samples, augment=False)
+        self.val_loader = _loader(val_set, config.batch, config.workers, device) if ddp.main and len(val_set) else None
+        self.loader = _loader(self.train_set, config.batch, config.workers, device, self.sampler)
+        bn_set = YoloDataset(calibration_subset(train_samples), augment=False)
+        self.bn_loader = _loader(bn_set, config.batch, config.workers, device) if config.precise_bn else None
+
+    def _build_model(self, resume: bool) -> YoloNet:
+        config = self.config
+        torch.manual_seed(config.seed)
+        model = YoloNet(config.backbone, head=config.head, dropout=config.dropout)
+        set_confidence_prior(model, CONF_PRIOR)
+        pretrained = resolve_pretrained(config.pretrained, config.backbone)
+        if pretrained and not resume:
+            load_pretrained(model, pretrained)
+            self.say(f"{config.backbone}: ImageNet weights from {pretrained}")
+        if config.init and not resume:
+            start = load_checkpoint(config.init)
+            if start["backbone"] != config.backbone:
+                raise FastYoloError(f"--init {config.init} holds a {start['backbone']}: pass --backbone {start['backbone']}")
+            model.load_state_dict(start["model"])
+        return model.to(self.device)
+
+    def _resume(self) -> None:
+        state = load_checkpoint(self.out / "last.pt")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.start_epoch, self.skip_batches = state["epoch"], state["batches_done"]
+        self.history, self.best_map, self.partial = state["history"], state["best_map"], state.get("partial", {})
+        set_rng_state(state["rng"])
+        self.say(f"resuming {self.out / 'last.pt'}: epoch {self.start_epoch + 1}/{self.config.epochs}, "
+                 f"batch {self.skip_batches}/{self.steps_per_epoch}")
+
+    def save_last(self, epoch: int, batches_done: int, sums: dict[str, float]) -> None:
+        save_checkpoint(
+            self.out / "last.pt", self.model,
+            optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(), epoch=epoch,
+            batches_done=batches_done, partial=sums, history=self.history, best_map=self.best_map,
+            rng=rng_state(), config=dataclasses.asdict(self.config),
+        )
+
+    def train_epoch(self, epoch: int, flag: _StopFlag) -> dict[str, float]:
+        """One epoch of steps (the rest of it, when resumed mid-epoch); returns the summed losses."""
+        config = self.config
+        self.train_set.set_epoch(epoch)
+        self.sampler.set_epoch(epoch, skip=self.skip_batches * config.batch, augment=epoch < self.augment_until)
+        sums = dict(self.partial) or {k: 0.0 for k in ("loss", *LOSS_PARTS, "images", "dropped")}
+        self.net.train()
+        if epoch >= round(config.freeze_bn * config.epochs):
+            # Train the network exactly as it will run (eval-mode BatchNorm).
+            for m in self.model.modules():
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        bar = tqdm(self.loader, desc=f"epoch {epoch + 1}/{config.epochs}", total=self.steps_per_epoch,
+                   initial=self.skip_batches, disable=not self.ddp.main, leave=False, dynamic_ncols=True)
+        batches_done = self.skip_batches
+        for batch in bar:
+            self._step(batch, epoch, sums)
+            batches_done += 1
+            bar.set_postfix(loss=f"{sums['loss'] / sums['images']:.3f}", lr=f"{self.scheduler.get_last_lr()[0]:.1e}")
+            if _should_stop(flag.stop, self.ddp, self.device):
+                bar.close()
+                if self.ddp.main:
+                    self.save_last(epoch, batches_done, sums)
+                    self.say(f"interrupted in epoch {epoch + 1}: saved {self.out / 'last.pt'}; continue with --resume")
+                raise KeyboardInterrupt
+        bar.close()
+        self.skip_batches, self.partial = 0, {}
+        return sums
+
+    def _step(self, batch, epoch: int, sums: dict[str, float]) -> None:
+        images, boxes, mask, classes = _batch_to(self.device, batch)
+        loss, parts = yolo_loss(self.net(images), boxes, mask, classes)
+        if not torch.isfinite(loss):
+            lr = self.scheduler.get_last_lr()[0]
+            raise FastYoloError(f"loss became {float(loss)} at epoch {epoch + 1}: lower --lr (now {lr:.2e})")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        n = images.shape[0]
+        sums["loss"] += float(loss.detach()) * n
+        for k in LOSS_PARTS:
+            sums[k] += float(parts[k]) * n
+        sums["images"] += n
+        sums["dropped"] += float(batch[5].sum())
+
+    def end_epoch(self, epoch: int, sums: dict[str, float], started: float) -> dict[str, Any]:
+        """BatchNorm statistics, validation, checkpoints, metrics and curves after an epoch; returns its row."""
+        config = self.config
+        if self.bn_loader is not None and epoch < round(config.freeze_bn * config.epochs):
+            recalibrate_batchnorm(self.model, self.bn_loader, self.device)
+        row: dict[str, Any] = {"epoch": epoch + 1, "lr": self.scheduler.get_last_lr()[0]}
+        images_seen = max(sums["images"], 1.0)
+        row.update({f"train_{k}": sums[k] / images_seen for k in ("loss", *LOSS_PARTS)})
+        row["dropped_objects"] = int(sums["dropped"])
+        row["train_images"] = int(sums["images"])  # this process's share under DDP
+        row["processes"] = self.ddp.world_size
+        if self.val_loader is not None and ((epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs):
+            grids, val_loss = predict(self.model, self.val_loader, self.device)
+            metrics = evaluate_grids(grids, self.val_samples, config.min_size)
+            row.update({f"val_{k}": v for k, v in val_loss.items()})
+            row["val_map50"] = metrics["map50"]
+            row["val_map50_95"] = metrics["map50_95"]
+        row["seconds"] = round(time.perf_counter() - started, 2)
+        self.history.append(row)
+        if self.ddp.main:
+            current = row.get("val_map50")
+            if current is not None and current > self.best_map:
+                self.best_map = current
+                save_checkpoint(self.out / "best.pt", self.model, epoch=epoch + 1, metrics=row,
+                                config=dataclasses.asdict(config))
+            self.save_last(epoch + 1, 0, {})
+            _write_history(self.out, self.history)
+            from fastyolo.train.plots import plot_curves
+
+            plot_curves(self.history, self.out / "curves.png", config.val_name)
+            self.say(_summary(row, config))
+        return row
 
 
 def set_confidence_prior(model: YoloNet, prior: float) -> None:

@@ -39,7 +39,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                        help="fraction of DATA held out for validation; 0 validates on the training frames [0.2]")
     split.add_argument("--val", type=Path, nargs="+", help="separate validation folder(s) (instead of --val-split)")
     p.add_argument("--out", type=Path, required=True, help="run folder: last.pt, best.pt, metrics.jsonl, curves.png")
-    p.add_argument("--epochs", type=int, default=d["epochs"],
+    p.add_argument("--epochs", type=int, default=None,  # None: not given (--resume keeps the run's); TrainConfig's
                    help=f"epochs; with --resume, a larger number extends a finished run [{d['epochs']}]")
     p.add_argument("--batch", type=int, default=d["batch"],
                    help=f"images per step (per process under torchrun) [{d['batch']}]")
@@ -70,7 +70,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def _check_options(args: argparse.Namespace) -> None:
     """Out-of-range options stop before anything is read or written."""
-    if args.epochs < 1 or args.batch < 1:
+    if args.epochs is not None and args.epochs < 1 or args.batch < 1:
         raise FastYoloError(f"--epochs and --batch must be at least 1, got {args.epochs} and {args.batch}")
     if args.lr is not None and not args.lr > 0:
         raise FastYoloError(f"--lr must be a positive number, got {args.lr}")
@@ -141,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
         settings = config.extra
         if args.data:  # the data moved (or the run is resumed from another directory)
             settings.update({k: v for k, v in _settings(args).items() if k in ("data", "labels") and v})
-        if args.epochs > config.epochs:
+        if args.epochs is not None and args.epochs > config.epochs:
             print(f"resume: extending the run from {config.epochs} to {args.epochs} epochs (the schedule is stretched)")
             config.epochs = args.epochs
         print(f"resume: settings from {last} (--data, a larger --epochs, --device and --workers may change)")
@@ -152,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
             raise FastYoloError("--data DIR is required (a folder with labels.csv or label_2/ and the images)")
         settings = _settings(args)
         config = TrainConfig(
-            out=str(args.out), epochs=args.epochs, batch=args.batch, backbone=args.backbone,
+            out=str(args.out), epochs=args.epochs or TrainConfig.epochs, batch=args.batch, backbone=args.backbone,
             pretrained=args.pretrained and str(args.pretrained), init=args.init and str(args.init),
             optimizer=args.optimizer, lr=args.lr,
             augment=not args.no_augment, dropout=args.dropout, seed=args.seed, workers=args.workers,
