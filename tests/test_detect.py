@@ -185,3 +185,26 @@ def test_one_image_to_one_file(tmp_path, untrained_r18, kitti_images, capsys):
     assert main(["detect", str(kitti_images[0]), "--model", str(untrained_r18), "--conf", CONF, "--no-progress"]) == 0
     row = json.loads(capsys.readouterr().out)  # no -o, --jsonl or --csv: JSON lines on stdout
     assert row["frame"] == 0 and row["source"] == kitti_images[0].name and row["detections"]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_packaged_model_tracks_the_cars_of_unseen_frames(tmp_path, clip_path, precision):
+    """No --model: the packaged trained model, on held-out frames of the real clip (428-435: a black
+    car ahead in the next lane), finds and tracks a car in every frame, with one id throughout."""
+    cap = cv2.VideoCapture(str(clip_path))
+    cap.set(cv2.CAP_PROP_POS_FRAMES, 428)
+    video = tmp_path / "cars.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 25.0, (960, 540))
+    for _ in range(8):
+        writer.write(cap.read()[1])
+    writer.release()
+    cap.release()
+    jsonl = tmp_path / "dets.jsonl"
+    assert main(["detect", str(video), "--jsonl", str(jsonl), "--track", "--conf", "0.4", "--precision", precision,
+                 "--threads", "1", "--no-progress"]) == 0
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert len(rows) == 8
+    cars = [[d for d in r["detections"] if d["label"] == "Car"] for r in rows]
+    assert all(cars), cars  # a car in every frame
+    ids = [{d["track_id"] for d in frame} for frame in cars[2:]]  # after the tracker's first frames
+    assert set.intersection(*ids), ids  # one car keeps its id
