@@ -6,6 +6,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
+from fastyolo.commands.train import BACKBONES
 from fastyolo.errors import MissingDependencyError, UsageError
 from fastyolo.fileio import check_outputs
 from fastyolo.input_format import NORMALIZED, UINT8
@@ -17,7 +18,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("checkpoint", nargs="?", type=Path, help="training checkpoint (.pt)")
     p.add_argument("-o", "--output", type=Path, required=True, help="ONNX file to write")
     p.add_argument("--untrained", action="store_true", help="random weights, for timing only")
-    p.add_argument("--backbone", default="resnet50", help="with --untrained: resnet18, resnet34 or resnet50")
+    p.add_argument("--backbone", default="resnet50", choices=BACKBONES, help="with --untrained: the network [resnet50]")
     p.add_argument("--seed", type=int, default=0, help="with --untrained: weight seed [0]")
     p.add_argument("--precision", default="fp32", choices=exportable(),
                    help="; ".join(f"{name}: {get(name).holds}" for name in exportable()) + " [fp32]")
