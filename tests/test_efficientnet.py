@@ -70,19 +70,18 @@ def test_lite0_exports_quantises_and_runs_on_every_cpu_backend(kitti_images, tmp
 
     torch.manual_seed(0)
     model = YoloNet("efficientnet_lite0")
-    torch.nn.init.normal_(model.head.out.weight, std=0.2)  # an untrained head that still scores boxes
+    torch.nn.init.normal_(model.head.out.weight, std=0.2)  # an untrained head whose cells differ
     fp32 = tmp_path / "lite0.onnx"
     diff = export_onnx(model, fp32, untrained=True)
     assert diff is not None and diff < 1e-4  # onnxruntime against torch
     assert read_onnx(fp32).metadata["fastyolo.backbone"] == "efficientnet_lite0"
     frames = [cv2.imread(str(p)) for p in kitti_images[:3]]
-    ov = Detector(fp32, conf=0.2, threads=1).detect_batch(frames)
-    ort = Detector(fp32, backend="onnxruntime", conf=0.2, threads=1).detect_batch(frames)
-    assert sum(len(d) for d in ov) > 0
-    for a, b in zip(ov, ort, strict=True):
-        assert len(a) == len(b)
-        np.testing.assert_allclose(a.boxes, b.boxes, atol=0.5)
+    ov = Detector(fp32, conf=0.01, threads=1)
+    ort = Detector(fp32, backend="onnxruntime", conf=0.01, threads=1)
+    np.testing.assert_allclose(ov.raw_outputs(frames), ort.raw_outputs(frames), atol=1e-4)  # every grid value
+    assert all(len(d) > 0 for d in ov.detect_batch(frames))
     int8 = quantize_int8(fp32, tmp_path / "lite0.int8.onnx", kitti_images[0].parent, frames=4, progress=False)
     for backend in ("openvino", "onnxruntime"):
-        found = Detector(int8, backend=backend, precision="int8", conf=0.2, threads=1).detect_batch(frames)
-        assert all(len(d) > 0 for d in found), backend
+        q = Detector(int8, backend=backend, precision="int8", conf=0.01, threads=1)
+        assert np.abs(q.raw_outputs(frames) - ov.raw_outputs(frames)).max() < 0.2, backend  # int8, not garbage
+        assert all(len(d) > 0 for d in q.detect_batch(frames)), backend

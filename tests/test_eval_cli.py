@@ -57,14 +57,12 @@ def kitti_subset(kitti_dir: Path, tmp_path: Path) -> Path:
 
 
 def test_eval_checkpoint_exports_the_same_network(untrained_r18: Path, kitti_subset: Path, tmp_path: Path):
-    torch = pytest.importorskip("torch", reason="a .pt checkpoint needs the [train] extra")
+    pytest.importorskip("torch", reason="a .pt checkpoint needs the [train] extra")
     from fastyolo.train.checkpoint import save_checkpoint
-    from fastyolo.train.model import YoloNet
 
-    from fastyolo.reference_model import SEED
+    from fastyolo.reference_model import untrained_network
 
-    torch.manual_seed(SEED)  # the same weights as the cached untrained ResNet-18 ONNX
-    save_checkpoint(tmp_path / "untrained.pt", YoloNet("resnet18"))
+    save_checkpoint(tmp_path / "untrained.pt", untrained_network("resnet18"))  # the cached ONNX's weights
     results = []
     for model in (tmp_path / "untrained.pt", untrained_r18):
         out = tmp_path / f"{model.suffix[1:]}.json"
