@@ -66,8 +66,8 @@ def untrained_model(backbone: str = "resnet50", *, quiet: bool = False, input_fo
         from fastyolo.train.export import export_onnx
     except ImportError:
         raise MissingDependencyError(
-            "no --model given and torch is not installed to export the untrained reference network: "
-            "pass --model MODEL.onnx, or pip install 'fastyolo[train]'"
+            "the untrained reference network is exported on first use and torch is not installed: "
+            "pass --model MODEL.onnx (or no --model: the packaged model), or pip install 'fastyolo[train]'"
         ) from None
     if not quiet:
         print(f"exporting the untrained {backbone} reference network to {path} (once) ...", flush=True)

@@ -8,15 +8,25 @@ import sys
 import textwrap
 
 
-def test_without_torch_bench_asks_for_a_model_in_one_line(tmp_path):
-    code = textwrap.dedent("""
+def _bench_without_torch(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    code = textwrap.dedent(f"""
         import sys
         sys.modules["torch"] = None  # a CPU laptop without the [train] extra
         from fastyolo.cli import main
-        sys.exit(main(["bench", "--frames", "2"]))
+        sys.exit(main(["bench", "--frames", "2", "--warmup", "1", *{list(args)!r}]))
     """)
     env = {**os.environ, "FASTYOLO_CACHE": str(tmp_path)}
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_without_torch_bench_runs_the_packaged_model(tmp_path):
+    run = _bench_without_torch(tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "roads-lite0.onnx" in run.stdout and "FPS" in run.stdout
+
+
+def test_without_torch_the_untrained_reference_asks_for_a_model_in_one_line(tmp_path):
+    run = _bench_without_torch(tmp_path, "--model", "untrained")
     assert run.returncode == 2
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and "pass --model MODEL.onnx" in lines[0] and "fastyolo[train]" in lines[0]
