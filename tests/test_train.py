@@ -168,11 +168,11 @@ def test_schedule_values():
     assert lr_factor(0, total) == pytest.approx(0.1)  # warm-up starts at base / 10
     assert lr_factor(25, total) == pytest.approx(0.1 + 0.9 * 0.5)
     assert lr_factor(50, total) == 1.0
-    assert lr_factor(599, total) == 1.0
-    assert lr_factor(600, total) == pytest.approx(0.1)
-    assert lr_factor(800, total) == pytest.approx(0.01)
-    assert lr_factor(900, total) == pytest.approx(0.001)
-    assert lr_factor(999, total) == pytest.approx(0.001)
+    assert lr_factor(799, total) == 1.0
+    assert lr_factor(800, total) == pytest.approx(0.1)  # milestones at 80% and 90% (train/config.py)
+    assert lr_factor(899, total) == pytest.approx(0.1)
+    assert lr_factor(900, total) == pytest.approx(0.01)
+    assert lr_factor(999, total) == pytest.approx(0.01)
     assert lr_factor(300, total, warmup=0.0, milestones=(0.25, 0.5)) == pytest.approx(0.1)
 
     model = torch.nn.Linear(2, 2)
@@ -183,12 +183,12 @@ def test_schedule_values():
         lrs.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
-    # The paper's SGD: 1e-3 -> 1e-2 warm-up, then 1e-3, 1e-4, 1e-5; momentum 0.9, weight decay 5e-4.
+    # The paper's SGD: 1e-3 -> 1e-2 warm-up, then 1e-3, 1e-4; momentum 0.9, weight decay 5e-4.
     assert lrs[0] == pytest.approx(1e-3) and lrs[50] == pytest.approx(1e-2)
-    assert lrs[700] == pytest.approx(1e-3) and lrs[850] == pytest.approx(1e-4) and lrs[950] == pytest.approx(1e-5)
+    assert lrs[700] == pytest.approx(1e-2) and lrs[850] == pytest.approx(1e-3) and lrs[950] == pytest.approx(1e-4)
     assert opt.param_groups[0]["momentum"] == 0.9 and opt.param_groups[0]["weight_decay"] == 5e-4
     assert opt.param_groups[1]["weight_decay"] == 0.0  # biases
-    assert make_optimizer(model, "adam").param_groups[0]["lr"] == pytest.approx(3e-4)
+    assert make_optimizer(model, "adam").param_groups[0]["lr"] == pytest.approx(1e-3)
     with pytest.raises(ValueError, match="unknown optimizer"):
         make_optimizer(model, "lbfgs")
 

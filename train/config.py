@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-MILESTONES = (0.75, 0.9)  # fractions of all steps where the learning rate drops 10x
+MILESTONES = (0.8, 0.9)  # fractions of all steps where the learning rate drops 10x
 WARMUP = 0.05  # fraction of all steps of linear warm-up from lr/10
 
 

@@ -2,7 +2,7 @@
 
 The paper warms up from 1e-3 to 1e-2 over the first epochs, holds 1e-2, then drops to 1e-3 and
 1e-4. Here: a linear warm-up from base_lr / 10 to base_lr over `warmup` (a fraction of all
-steps), then base_lr divided by 10 at each milestone (fractions of all steps, default 75% and 90%:
+steps), then base_lr divided by 10 at each milestone (fractions of all steps, default 80% and 90%:
 AdamW 1e-3 -> 1e-4 -> 1e-5; the last 30% of epochs also drop the augmentation, see TrainConfig).
 
 The default optimizer is AdamW rather than the paper's SGD: from scratch on kitti_tiny (resnet18, 8

@@ -51,7 +51,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--optimizer", default=d["optimizer"], choices=("adam", "sgd"),
                    help=f"adam: AdamW (learns far faster from scratch); sgd: the paper's SGD 1e-2 [{d['optimizer']}]")
     p.add_argument("--lr", type=float,
-                   help="base learning rate [AdamW 1e-3, SGD 1e-2] (warm-up from lr/10, /10 at 75%% and 90%% of the steps)")
+                   help="base learning rate [AdamW 1e-3, SGD 1e-2] (warm-up from lr/10, /10 at 80%% and 90%% of the steps)")
     p.add_argument("--no-augment", action="store_true", help="no translate/scale/HSV/flip augmentation")
     p.add_argument("--dropout", type=float, default=d["dropout"],
                    help=f"head dropout while training [{d['dropout']}]")
