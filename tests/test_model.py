@@ -128,3 +128,20 @@ def test_export_cli_missing_checkpoint_is_one_line(tmp_path):
     )
     assert run.returncode == 2
     assert run.stderr.strip().splitlines() == [f"fastyolo export: error: checkpoint not found: {tmp_path / 'nope.pt'}"]
+
+
+def test_checkpoints_of_the_fully_connected_head_still_load(tmp_path):
+    """Checkpoints saved before the conv head (no "head" entry) load as the FC head they hold."""
+    from fastyolo.train.checkpoint import load_model, save_checkpoint
+
+    torch.manual_seed(0)
+    old = YoloNet("resnet18", head="fc").eval()
+    save_checkpoint(tmp_path / "old.pt", old)
+    state = torch.load(tmp_path / "old.pt", map_location="cpu", weights_only=False)
+    del state["head"]  # as written before the conv head existed
+    torch.save(state, tmp_path / "old.pt")
+    loaded = load_model(tmp_path / "old.pt")
+    assert loaded.head_name == "fc"
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), old(x))

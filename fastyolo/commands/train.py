@@ -87,7 +87,7 @@ def _check_options(args: argparse.Namespace) -> None:
 
 
 def _check_out(out: Path) -> None:
-    """The run folder can be created and written, and is not inside a dataset given as input."""
+    """The run folder can be created and written (checked before any data is read)."""
     probe = out
     while not probe.exists():
         probe = probe.parent
