@@ -165,21 +165,31 @@ def run_bench(detector: Detector, video: str | Path, frames: int = 300, warmup: 
         reader.close()
 
 
+def _warm_up_one(detector: Detector, reader: VideoReader, warmup: int) -> None:
+    """Run `warmup` frames (first-call compilation, caches), then start the video again."""
+    for _ in range(warmup):
+        detector.detect(_read(reader))
+    reader.rewind()
+
+
+def _read(reader: VideoReader):
+    frame = reader.read()
+    if frame is None:
+        raise FastYoloError(f"{reader.path}: no frame could be decoded")
+    return frame
+
+
 def _latency(detector: Detector, reader: VideoReader, frames: int, warmup: int, progress: bool, keep: bool) -> BenchResult:
     times = np.zeros((len(STAGES), frames))
     outputs: list[Detections] = []
     stage: dict[str, float] = {}
     found = 0
-    for _ in range(warmup):
-        detector.detect(reader.read())
-    reader.rewind()
+    _warm_up_one(detector, reader, warmup)
     clock = time.perf_counter
     start = clock()
     for n in tqdm(range(frames), desc="bench", unit="frame", disable=not progress, leave=False):
         t0 = clock()
-        frame = reader.read()
-        if frame is None:
-            raise FastYoloError(f"{reader.path}: no frame could be decoded")
+        frame = _read(reader)
         t1 = clock()
         result = detector.detect_batch([frame], timings=stage)[0]
         t4 = clock()
@@ -202,9 +212,7 @@ def _overlapped(detector: Detector, reader: VideoReader, frames: int, warmup: in
     outputs: list[Detections] = []
     stage: dict[str, float] = {}
     found = 0
-    for _ in range(warmup):
-        detector.detect(reader.read())
-    reader.rewind()
+    _warm_up_one(detector, reader, warmup)
     clock = time.perf_counter
     left = [frames]
 
@@ -213,9 +221,7 @@ def _overlapped(detector: Detector, reader: VideoReader, frames: int, warmup: in
             return None
         left[0] -= 1
         t0 = clock()
-        frame = reader.read()
-        if frame is None:
-            raise FastYoloError(f"{reader.path}: no frame could be decoded")
+        frame = _read(reader)
         t1 = clock()
         resized = detector.prepare(frame)
         return resized, t0, t1 - t0, clock() - t1

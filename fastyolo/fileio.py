@@ -207,6 +207,19 @@ def _quiet_capture(target: str | int) -> cv2.VideoCapture:
         log.setLogLevel(level)
 
 
+class Closing:
+    """Closed on leaving a `with` block (detect stacks sources and sinks in an ExitStack)."""
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 class VideoReader:
     """Frames of a video file or a camera, in order: the one frame reader of bench, detect and calibration.
 

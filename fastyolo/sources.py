@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from fastyolo.errors import FastYoloError
-from fastyolo.fileio import IMAGE_SUFFIXES, VideoReader, read_image
+from fastyolo.fileio import IMAGE_SUFFIXES, Closing, VideoReader, read_image
 
 __all__ = ["IMAGE_SUFFIXES", "Frame", "ImageSource", "VideoSource", "open_source", "read_image"]
 
@@ -28,7 +28,7 @@ class Frame:
     source: str | None = None  # that file named uniquely: relative to the inputs' common folder
 
 
-class ImageSource:
+class ImageSource(Closing):
     """Image files read one by one; unreadable ones go to `skipped` as (path, reason)."""
 
     kind = "images"
@@ -55,12 +55,6 @@ class ImageSource:
     def close(self) -> None:
         pass
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
 
 def unique_names(paths: list[Path]) -> dict[Path, str]:
     """Each path relative to the folder all of them share (a/x.png, b/x.png), so no two share a name;
@@ -72,7 +66,7 @@ def unique_names(paths: list[Path]) -> dict[Path, str]:
     return {p: Path(os.path.relpath(a, root)).as_posix() for p, a in zip(paths, absolute, strict=True)}
 
 
-class VideoSource:
+class VideoSource(Closing):
     """Frames of a video file or a camera as `Frame`s, in order, until the stream ends.
 
     The reading is fastyolo.fileio.VideoReader's (the same reader bench uses); this adds detect's
@@ -99,12 +93,6 @@ class VideoSource:
 
     def close(self) -> None:
         self.reader.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 Source = ImageSource | VideoSource

@@ -17,7 +17,7 @@ import numpy as np
 
 from fastyolo.detections import Detections
 from fastyolo.errors import FastYoloError
-from fastyolo.fileio import IMAGE_SUFFIXES, check_outputs
+from fastyolo.fileio import IMAGE_SUFFIXES, Closing, check_outputs
 
 # OpenCV's bundled FFmpeg writes MPEG-4 Part 2 ("mp4v") into .mp4 and Motion-JPEG into .avi;
 # releasing the writer finalises the container, so even a run stopped by Ctrl-C (or SIGTERM) plays.
@@ -31,17 +31,8 @@ def refuse_overwrite(output: Path, inputs: list[Path], what: str) -> None:
     check_outputs([(what, output)], inputs)
 
 
-class Sink:
-    """Closed on leaving a `with` block (detect stacks them in an ExitStack)."""
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+class Sink(Closing):
+    """Where detect writes its results; closed on leaving a `with` block."""
 
 
 class VideoSink(Sink):

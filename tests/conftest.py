@@ -66,3 +66,17 @@ def untrained_r18(model_cache: Path) -> Path:
     from fastyolo.reference_model import untrained_model
 
     return untrained_model("resnet18", quiet=True)
+
+
+def fastyolo_layout_onnx(path: Path) -> None:
+    """A model shaped like fastyolo's own network (images N x 3 x 224 x 224 -> grid N x 11 x 11 x 13),
+    for teacher-layout refusals."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    inp = helper.make_tensor_value_info("images", TensorProto.FLOAT, ["N", 3, 224, 224])
+    out = helper.make_tensor_value_info("grid", TensorProto.FLOAT, [1, 11, 11, 13])
+    value = helper.make_tensor("v", TensorProto.FLOAT, [1, 11, 11, 13], np.zeros(11 * 11 * 13).tolist())
+    node = helper.make_node("Constant", [], ["grid"], value=value)
+    onnx.save(helper.make_model(helper.make_graph([node], "g", [inp], [out])), str(path))

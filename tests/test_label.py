@@ -10,9 +10,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper
+from conftest import fastyolo_layout_onnx
 
 from fastyolo.cli import main
 from fastyolo.commands.label import CSV_HEADER, changed_fraction
@@ -132,14 +131,6 @@ def test_refuses_existing_dataset_and_inputs(capsys, tmp_path: Path, teacher: Pa
     assert (inp / "test1.jpg").read_bytes() == before and sorted(p.name for p in inp.iterdir()) == ["test1.jpg"]
 
 
-def _fastyolo_layout_onnx(path: Path) -> None:
-    inp = helper.make_tensor_value_info("images", TensorProto.FLOAT, ["N", 3, 224, 224])
-    out = helper.make_tensor_value_info("grid", TensorProto.FLOAT, [1, 11, 11, 13])
-    value = helper.make_tensor("v", TensorProto.FLOAT, [1, 11, 11, 13], np.zeros(11 * 11 * 13).tolist())
-    node = helper.make_node("Constant", [], ["grid"], value=value)
-    onnx.save(helper.make_model(helper.make_graph([node], "g", [inp], [out])), str(path))
-
-
 def test_bad_options_one_line(capsys, tmp_path: Path, teacher: Path, udacity: Path):
     out = tmp_path / "ds"
     _one_line_error(*_label(capsys, udacity, "--teacher", teacher, "-o", out, "--every", 0), r"--every must be")
@@ -147,7 +138,7 @@ def test_bad_options_one_line(capsys, tmp_path: Path, teacher: Path, udacity: Pa
     _one_line_error(*_label(capsys, udacity, "--teacher", teacher, "-o", out, "--dedup", 1.5), r"--dedup must be")
     _one_line_error(*_label(capsys, udacity, "--teacher", tmp_path / "none.onnx", "-o", out), r"teacher model not found")
     foreign = tmp_path / "fastyolo.onnx"
-    _fastyolo_layout_onnx(foreign)
+    fastyolo_layout_onnx(foreign)
     _one_line_error(*_label(capsys, udacity, "--teacher", foreign, "-o", out), r"not a YOLOX COCO detector")
     _one_line_error(*_label(capsys, tmp_path / "missing.mp4", "--teacher", teacher, "-o", out), r"source not found")
     _one_line_error(*_label(capsys, "0", "--teacher", teacher, "-o", out), r"not cameras")

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper
+from conftest import fastyolo_layout_onnx
 
 from fastyolo.errors import ModelError
 from fastyolo.layout import CLASS_NAMES
@@ -159,20 +158,11 @@ def test_coco_to_fastyolo_classes():
     assert map_coco(np.array([0, 2, 5, 7, 1, 3, 6, 79])).tolist() == [PED, CAR, TRUCK, TRUCK, -1, -1, -1, -1]
 
 
-def _fastyolo_layout_onnx(path: Path) -> None:
-    """A model shaped like fastyolo's own network (images N x 3 x 224 x 224 -> grid N x 11 x 11 x 13)."""
-    inp = helper.make_tensor_value_info("images", TensorProto.FLOAT, ["N", 3, 224, 224])
-    out = helper.make_tensor_value_info("grid", TensorProto.FLOAT, [1, 11, 11, 13])
-    value = helper.make_tensor("v", TensorProto.FLOAT, [1, 11, 11, 13], np.zeros(11 * 11 * 13).tolist())
-    node = helper.make_node("Constant", [], ["grid"], value=value)
-    onnx.save(helper.make_model(helper.make_graph([node], "g", [inp], [out])), str(path))
-
-
 def test_teacher_refuses_missing_and_foreign_models(tmp_path: Path):
     with pytest.raises(ModelError, match="teacher model not found"):
         Teacher(tmp_path / "nope.onnx")
     foreign = tmp_path / "fastyolo.onnx"
-    _fastyolo_layout_onnx(foreign)
+    fastyolo_layout_onnx(foreign)
     with pytest.raises(ModelError, match="not a YOLOX COCO detector"):
         Teacher(foreign)
     junk = tmp_path / "junk.onnx"
