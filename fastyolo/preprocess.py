@@ -11,8 +11,9 @@ from fastyolo.errors import FrameError
 from fastyolo.layout import INPUT_SIZE, MEAN, STD
 
 # Per channel in the network's RGB order: (pixel - 255 mean) / (255 std), folded into one multiply-add.
-_SCALE = (1.0 / (255.0 * np.asarray(STD, np.float32))).astype(np.float32)
-_SHIFT = (-np.asarray(MEAN, np.float32) / np.asarray(STD, np.float32)).astype(np.float32)
+# x * NORMALIZE_SCALE + NORMALIZE_SHIFT (float32) is (x / 255 - MEAN) / STD: every normaliser uses these.
+NORMALIZE_SCALE = (1.0 / (255.0 * np.asarray(STD, np.float32))).astype(np.float32)
+NORMALIZE_SHIFT = (-np.asarray(MEAN, np.float32) / np.asarray(STD, np.float32)).astype(np.float32)
 
 
 def check_frame(frame: object) -> np.ndarray:
@@ -80,8 +81,8 @@ def normalize(rgb: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     if out is None:
         out = np.empty((3, rgb.shape[0], rgb.shape[1]), np.float32)
     chw = rgb.transpose(2, 0, 1)
-    np.multiply(chw, _SCALE[:, None, None], out=out)
-    out += _SHIFT[:, None, None]
+    np.multiply(chw, NORMALIZE_SCALE[:, None, None], out=out)
+    out += NORMALIZE_SHIFT[:, None, None]
     return out
 
 

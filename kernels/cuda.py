@@ -54,9 +54,8 @@ from fastyolo.layout import (  # noqa: E402
     GRID,
     INPUT_SIZE,
     MAX_BOXES,
-    MEAN,
-    STD,
 )
+from fastyolo.preprocess import NORMALIZE_SCALE, NORMALIZE_SHIFT  # noqa: E402, F401 - one definition, re-exported
 
 SIMULATOR = bool(cuda.config.ENABLE_CUDASIM)
 # One block per image is the design (242 boxes need one block, and a frame is one image); numba
@@ -239,8 +238,6 @@ def normalize_kernel(rgb, images, scale, shift):
 
 
 # The host constants of fastyolo.preprocess, so device and host normalise identically.
-NORMALIZE_SCALE = (1.0 / (255.0 * np.asarray(STD, np.float32))).astype(np.float32)
-NORMALIZE_SHIFT = (-np.asarray(MEAN, np.float32) / np.asarray(STD, np.float32)).astype(np.float32)
 
 
 def launch_decode_nms(grids, sizes, conf: float, iou: float, top_k: int, rows, header, stream=0) -> None:

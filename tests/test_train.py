@@ -98,8 +98,11 @@ def test_stop_after_epoch_then_resume_equals_uninterrupted(resume_data: Path, un
     assert [r["train_loss"] for r in resumed] == pytest.approx([r["train_loss"] for r in expected], rel=1e-5)
 
 
-def test_ctrl_c_mid_epoch_saves_last_and_resume_equals_uninterrupted(resume_data: Path, uninterrupted: Path, tmp_path):
-    """A real Ctrl-C: SIGINT to a `fastyolo train` process once epoch 1 is saved.
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_mid_epoch_saves_last_and_resume_equals_uninterrupted(resume_data: Path, uninterrupted: Path, tmp_path,
+                                                                     signum: int, code: int):
+    """A real Ctrl-C (and a kill's SIGTERM) to a `fastyolo train` process once epoch 1 is done (metrics.jsonl
+    written; last.pt is not, it is written every checkpoint_every seconds).
 
     In a child process, as a user's terminal sends it (in-process, the signal also reaches the
     native threads earlier tests left behind, which crashed the test process).
@@ -108,11 +111,11 @@ def test_ctrl_c_mid_epoch_saves_last_and_resume_equals_uninterrupted(resume_data
     proc = subprocess.Popen([sys.executable, "-m", "fastyolo.cli", *train_args(resume_data, run)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
-    while not (run / "last.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+    while not (run / "metrics.jsonl").exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 130, err  # interrupted
+    assert proc.returncode == code, err  # interrupted, or terminated
     state = torch.load(run / "last.pt", map_location="cpu", weights_only=False)
     assert state["epoch"] == 1 and 1 <= state["batches_done"] < 3  # stopped inside epoch 2, after a whole batch
     assert cli([*train_args(resume_data, run), "--resume"]) == 0
@@ -194,10 +197,11 @@ def test_schedule_values():
 
 
 @pytest.mark.slow
-def test_default_recipe_overfits_real_frames_through_the_detector(kitti_dir: Path, tmp_path: Path):
-    """Plain `fastyolo train` (every default: augmentation, AdamW, schedule) learns a few real frames,
-    and the exported ONNX finds their boxes again through the Detector: targets, loss, head, export and
-    decode agree."""
+@pytest.mark.parametrize("amp", ["auto", "off"])
+def test_default_recipe_overfits_real_frames_through_the_detector(kitti_dir: Path, tmp_path: Path, amp: str):
+    """Plain `fastyolo train` (every default: augmentation, AdamW, schedule, frame cache) learns a few
+    real frames, and the exported ONNX finds their boxes again through the Detector: targets, loss,
+    head, export and decode agree. "auto" is bf16 autocast on a CPU with AMX; "off" is fp32."""
     import cv2
     from fastyolo.train.export import export_onnx
 
@@ -205,12 +209,16 @@ def test_default_recipe_overfits_real_frames_through_the_detector(kitti_dir: Pat
     from fastyolo.datasets import load_dataset
     from fastyolo.metrics import evaluate
 
+    from fastyolo.train.engine import cpu_has_amx
+
+    if amp == "off" and not cpu_has_amx():
+        pytest.skip("auto is fp32 on this CPU (no AMX): the auto case is this one")
     data = tiny_dataset(kitti_dir, tmp_path / "data", OVERFIT_FRAMES)
     samples, _ = load_dataset(data)
     assert {int(c) for s in samples for c in s.class_ids} == {0, 1, 2}
     run = tmp_path / "run"
     assert cli(["train", "--data", str(data), "--out", str(run), "--backbone", "resnet18", "--epochs", str(OVERFIT_EPOCHS),
-                "--batch", "2", "--val-split", "0", "--workers", "0", "--device", "cpu"]) == 0
+                "--batch", "2", "--val-split", "0", "--workers", "0", "--device", "cpu", "--amp", amp]) == 0
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["val_map50"] >= 0.9, rows[-1]
 
@@ -270,6 +278,7 @@ def test_train_config_is_the_one_source_of_defaults():
 
     args = build_parser().parse_args(["train", "--out", "x"])
     for f in dataclasses.fields(TrainConfig):
-        if f.name != "epochs" and hasattr(args, f.name) and f.default is not dataclasses.MISSING:
+        # None on the command line: not given (a new run takes TrainConfig's, --resume keeps the run's)
+        if f.name not in ("epochs", "amp", "cache") and hasattr(args, f.name) and f.default is not dataclasses.MISSING:
             assert getattr(args, f.name) == f.default, f.name
     assert TrainConfig(out="x").optimizer == "adam"  # Python users of fit() get what the CLI gives

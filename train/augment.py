@@ -153,4 +153,42 @@ def augment(
     return apply(image, boxes, class_ids, params, min_visible=min_visible)
 
 
-__all__ = ["MIN_VISIBLE", "AugmentParams", "apply", "augment", "draw_params", "flip_boxes", "jitter_hsv", "warp_boxes"]
+def augment_square(
+    square: np.ndarray,
+    width: int,
+    height: int,
+    boxes: np.ndarray,
+    class_ids: np.ndarray,
+    rng: np.random.Generator,
+    out_size: int,
+    *,
+    aspect: float = 1.0,
+    min_visible: float = MIN_VISIBLE,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`augment` of a width x height frame, given only its copy squashed to a square (train/cache.py).
+
+    The same draws from `rng` as `augment(frame, ...)`, so the boxes and class ids are exactly
+    those; the pixels come from one warpAffine of the square copy straight to the out_size x
+    out_size network input (the squash, the augmentation's affine and the resize composed), then
+    the HSV jitter and the flip at that size. Returns the BGR uint8 input and the boxes in the
+    frame's pixels.
+    """
+    params = draw_params(rng, width, height, aspect=aspect)
+    boxes, keep = warp_boxes(boxes, params.matrix, width, height, min_visible)
+    class_ids = np.asarray(class_ids)[keep]
+    side = square.shape[0]
+    m = params.matrix
+    # square pixels -> frame pixels (x * width / side) -> augmented frame -> input pixels (x * out_size / width)
+    to_input = np.array([[m[0, 0] * out_size / side, 0.0, m[0, 2] * out_size / width],
+                         [0.0, m[1, 1] * out_size / side, m[1, 2] * out_size / height]])
+    image = cv2.warpAffine(square, _cv2_matrix(to_input), (out_size, out_size), flags=cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+    image = jitter_hsv(image, params.saturation, params.value)
+    if params.flip:
+        image = cv2.flip(image, 1)
+        boxes = flip_boxes(boxes, width)
+    return image, boxes, class_ids
+
+
+__all__ = ["MIN_VISIBLE", "AugmentParams", "apply", "augment", "augment_square", "draw_params", "flip_boxes",
+           "jitter_hsv", "warp_boxes"]

@@ -8,6 +8,8 @@ from typing import Any
 
 MILESTONES = (0.8, 0.9)  # fractions of all steps where the learning rate drops 10x
 WARMUP = 0.05  # fraction of all steps of linear warm-up from lr/10
+AMP_MODES = ("auto", "bf16", "fp16", "off")  # TrainConfig.amp
+CACHE_MODES = ("auto", "memory", "disk", "off")  # TrainConfig.cache
 
 
 @dataclass
@@ -34,6 +36,11 @@ class TrainConfig:
     seed: int = 0
     workers: int = min(4, os.cpu_count() or 1)  # DataLoader processes (persistent for the run)
     device: str = "auto"
+    amp: str = "auto"  # autocast: "bf16", "fp16" (CUDA, loss-scaled) or "off"; auto: bf16 on CUDA and AMX CPUs
+    channels_last: bool | None = None  # NHWC activations; None: on where it measured faster (see engine.pick_amp)
+    cache: str = "auto"  # frames decoded once: "memory", "disk" (reused by later runs), "off"; see train/cache.py
+    cache_dir: str | None = None  # where "disk" caches live (default ~/.cache/fastyolo/frames)
+    checkpoint_every: float = 60.0  # seconds between last.pt writes (also at the end, on Ctrl-C and SIGTERM)
     eval_every: int = 1
     min_size: float = 0.0  # boxes smaller than this (pixels) are ignored by the mAP
     val_name: str = "val"  # how to call the validation frames: "val", or "train" when they are the training frames

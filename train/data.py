@@ -1,7 +1,10 @@
 """The torch Dataset: read a frame, augment it when training, preprocess it exactly as inference does, build targets.
 
-Preprocessing is `fastyolo.preprocess.resize_rgb` + `normalize`, the functions every inference
-backend uses, so a trained network sees the same numbers at training and detection time.
+Preprocessing is `fastyolo.preprocess.resize_rgb` + `normalize` (the latter on the training
+device), the functions every inference backend uses, so a trained network sees the same numbers
+at training and detection time. With a frame cache (train/cache.py) an un-augmented frame is
+that same array, read instead of decoded, and an augmented one is `augment_square` of the cached
+square copy: the same boxes as without the cache, the pixels from a 384-pixel copy of the frame.
 Augmentation draws from a generator seeded by (seed, epoch, index): the same epoch gives the same
 images in any worker process, which is what makes `--resume` exact.
 """
@@ -10,21 +13,35 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
+import cv2
 import numpy as np
 import torch
+from fastyolo.train.augment import augment, augment_square
+from fastyolo.train.cache import FrameCache
 from fastyolo.train.targets import build_targets
 from torch.utils.data import Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
 from fastyolo.datasets import Sample
-from fastyolo.preprocess import normalize, resize_rgb
+from fastyolo.layout import INPUT_SIZE
+from fastyolo.preprocess import resize_rgb
 
 
 class YoloDataset(Dataset):
-    """Items: image (3, INPUT_SIZE, INPUT_SIZE) float32, target boxes, mask, classes, sample index, dropped objects."""
+    """Items: image (INPUT_SIZE, INPUT_SIZE, 3) uint8 RGB, target boxes, mask, classes, sample index, dropped objects.
 
-    def __init__(self, samples: Sequence[Sample], *, augment: bool = False, seed: int = 0, aspect: float = 1.0):
+    The image is the network input before `normalize` (engine.to_network_input does that on the
+    training device, the same float32 arithmetic): a quarter of the bytes through the DataLoader.
+    """
+
+    def __init__(self, samples: Sequence[Sample], *, augment: bool = False, seed: int = 0, aspect: float = 1.0,
+                 cache: FrameCache | None = None, rows: Sequence[int] | None = None):
+        """cache: the samples' frames decoded once (rows[i]: sample i's row in it, default i)."""
         self.samples = list(samples)
+        self.cache = cache
+        self.rows = list(range(len(self.samples))) if rows is None else list(rows)
+        if cache is not None and augment and cache.large is None:
+            raise ValueError("an augmenting YoloDataset needs a cache with the large copies")
         self.augment = augment
         self.aspect = aspect
         self.seed = seed
@@ -42,16 +59,25 @@ class YoloDataset(Dataset):
         # dataset, so the epoch and whether it augments travel with each index.
         index, epoch, augmented = item if isinstance(item, tuple) else (item, self.epoch, self.augment)
         sample = self.samples[index]
-        image = sample.load_image()
         boxes, class_ids = sample.boxes, sample.class_ids
-        if augmented and self.augment:
-            from fastyolo.train.augment import augment
-
-            rng = np.random.default_rng([self.seed, epoch, index])
-            image, boxes, class_ids = augment(image, boxes, class_ids, rng, aspect=self.aspect)
-        height, width = image.shape[:2]
+        augmented = augmented and self.augment
+        rng = np.random.default_rng([self.seed, epoch, index]) if augmented else None
+        if self.cache is None:
+            image = sample.load_image()
+            if augmented:
+                image, boxes, class_ids = augment(image, boxes, class_ids, rng, aspect=self.aspect)
+            height, width = image.shape[:2]
+            rgb = resize_rgb(image)
+        else:
+            row, width, height = self.rows[index], sample.width, sample.height
+            if augmented:
+                bgr, boxes, class_ids = augment_square(self.cache.large[row], width, height, boxes, class_ids, rng,
+                                                       INPUT_SIZE, aspect=self.aspect)
+                rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            else:
+                rgb = self.cache.exact[row]
         targets = build_targets(boxes, class_ids, width, height)
-        pixels = torch.from_numpy(normalize(resize_rgb(image)))
+        pixels = torch.from_numpy(np.array(rgb, np.uint8, copy=True))  # a cache row may be a read-only memmap
         return (
             pixels,
             torch.from_numpy(targets.boxes),

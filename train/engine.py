@@ -8,6 +8,7 @@ batch reached inside an interrupted epoch and the torch random state are all in 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -22,8 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from fastyolo.train.cache import FrameCache, build_cache
 from fastyolo.train.checkpoint import load_checkpoint, read_torch_file, rng_state, save_checkpoint, set_rng_state
-from fastyolo.train.config import TrainConfig
+from fastyolo.train.config import AMP_MODES, TrainConfig
 from fastyolo.train.data import ResumableSampler, YoloDataset
 from fastyolo.train.loss import yolo_loss
 from fastyolo.train.model import YoloNet
@@ -34,6 +36,7 @@ from tqdm import tqdm
 from fastyolo.datasets import Sample
 from fastyolo.detections import Detections
 from fastyolo.errors import FastYoloError, ModelError
+from fastyolo.preprocess import NORMALIZE_SCALE, NORMALIZE_SHIFT
 
 EVAL_CONF = 0.01  # keep low-score boxes: mAP integrates over every threshold
 EVAL_IOU = 0.45  # NMS threshold, the Detector's default
@@ -41,6 +44,8 @@ EVAL_TOP_K = 100
 CONF_PRIOR = 0.01  # initial box confidence, see set_confidence_prior
 LOSS_PARTS = ("box", "obj", "noobj", "cls")
 BN_FRAMES = 256  # training frames that set the BatchNorm statistics after each epoch
+REPORT_EVERY = 0.5  # seconds between reads of the running loss (each one waits for the GPU)
+PLOT_EVERY = 30.0  # seconds between redraws of curves.png (and always after the last epoch)
 
 
 @dataclass
@@ -89,47 +94,116 @@ def split_samples(samples: Sequence[Sample], fraction: float, seed: int) -> tupl
 
 
 class _StopFlag:
-    """Ctrl-C sets a flag that the loop checks between batches, so a checkpoint is never torn mid-step.
+    """Ctrl-C (or SIGTERM: kill, timeout, a scheduler) sets a flag that the loop checks between
+    batches, so last.pt is written at a clean point and never torn mid-step.
 
-    A second Ctrl-C interrupts at once (the default handler is back by then).
+    A second signal interrupts at once (the default handlers are back by then).
     """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.stop = False
-        self._previous = None
+        self.signum = signal.SIGINT
+        self._previous: dict[int, Any] = {}
+
+    def interrupt(self) -> KeyboardInterrupt:
+        """What to raise once stopped: the CLI exits 130 after Ctrl-C, 143 after SIGTERM."""
+        from fastyolo.fileio import Terminated
+
+        return Terminated() if self.signum == signal.SIGTERM else KeyboardInterrupt()
 
     def __enter__(self):
         try:
-            self._previous = signal.signal(signal.SIGINT, self._handler)
+            self._previous = {sig: signal.signal(sig, self._handler) for sig in self.SIGNALS}
         except ValueError:  # not the main thread: keep the default behaviour
-            self._previous = None
+            self._previous = {}
         return self
 
     def _handler(self, signum, frame):
-        self.stop = True
-        print("\nCtrl-C: finishing this batch, then saving last.pt (press again to abort at once)", flush=True)
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        self.stop, self.signum = True, signum
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        print(f"\n{name}: finishing this batch, then saving last.pt (again to abort at once)", flush=True)
+        self._restore()
+
+    def _restore(self) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous = {}
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        self._restore()
         return False
 
 
-def _batch_to(device: torch.device, batch) -> tuple[torch.Tensor, ...]:
-    images, boxes, mask, classes = (t.to(device, non_blocking=True) for t in batch[:4])
-    return images, boxes, mask, classes
+@dataclass(frozen=True)
+class Precision:
+    """How the network runs in training: autocast dtype (None: fp32) and memory format."""
+
+    dtype: torch.dtype | None = None
+    channels_last: bool = False
+
+    def autocast(self, device: torch.device):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=self.dtype)
+
+    @property
+    def name(self) -> str:
+        text = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+        return text + (", channels_last" if self.channels_last else "")
+
+
+def cpu_has_amx() -> bool:
+    is_amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(is_amx and is_amx())
+
+
+def pick_precision(amp: str, channels_last: bool | None, device: torch.device) -> Precision:
+    """Resolve --amp / channels_last for the device. auto: bf16 on CUDA GPUs that have it (fp16 with
+    loss scaling on older ones) and on CPUs with AMX (bench/train_speed.py: a 2-3x faster step);
+    fp32 on other CPUs, where bf16 is emulated. channels_last follows the autocast dtype: it is what
+    the bf16 convolution kernels (oneDNN, cuDNN) run natively."""
+    if amp not in AMP_MODES:
+        raise FastYoloError(f"unknown --amp {amp!r}: choose one of {', '.join(AMP_MODES)}")
+    if amp == "auto":
+        if device.type == "cuda":
+            amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            amp = "bf16" if cpu_has_amx() else "off"
+    if amp == "fp16" and device.type != "cuda":
+        raise FastYoloError("--amp fp16 needs a CUDA device (on a CPU use bf16 or off)")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
+    return Precision(dtype, dtype is not None if channels_last is None else channels_last)
+
+
+_SCALE = torch.from_numpy(NORMALIZE_SCALE).view(1, 3, 1, 1)
+_SHIFT = torch.from_numpy(NORMALIZE_SHIFT).view(1, 3, 1, 1)
+
+
+def to_network_input(pixels: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+    """(N, H, W, 3) uint8 RGB on any device -> (N, 3, H, W) float32 normalised as fastyolo.preprocess.normalize
+    does (the same float32 multiply, then add), so the host ships a quarter of the bytes."""
+    x = pixels.permute(0, 3, 1, 2).float()
+    x = x * _SCALE.to(x.device) + _SHIFT.to(x.device)
+    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def _batch_to(device: torch.device, batch, channels_last: bool = False) -> tuple[torch.Tensor, ...]:
+    pixels, boxes, mask, classes = (t.to(device, non_blocking=True) for t in batch[:4])
+    return to_network_input(pixels, channels_last), boxes, mask, classes
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, loader: DataLoader, device: torch.device) -> tuple[np.ndarray, dict[str, float]]:
+def predict(model: torch.nn.Module, loader: DataLoader, device: torch.device,
+            precision: Precision = Precision()) -> tuple[np.ndarray, dict[str, float]]:
     """Network outputs (N, S, S, CELL_SIZE) for the loader's frames, in order, and the mean loss parts."""
     model.eval()
     grids, sums, count = [], dict.fromkeys(("loss", *LOSS_PARTS), 0.0), 0
     for batch in loader:
-        images, boxes, mask, classes = _batch_to(device, batch)
-        out = model(images)
+        images, boxes, mask, classes = _batch_to(device, batch, precision.channels_last)
+        with precision.autocast(device):
+            out = model(images).float()
         loss, parts = yolo_loss(out, boxes, mask, classes)
         n = images.shape[0]
         sums["loss"] += float(loss.detach()) * n
@@ -171,7 +245,8 @@ def _loader(dataset: YoloDataset, batch: int, workers: int, device: torch.device
     )
 
 
-def recalibrate_batchnorm(model: torch.nn.Module, loader: DataLoader, device: torch.device) -> None:
+def recalibrate_batchnorm(model: torch.nn.Module, loader: DataLoader, device: torch.device,
+                          precision: Precision = Precision()) -> None:
     """Recompute every BatchNorm's running statistics as the exact average over `loader`'s frames.
 
     Training normalises with each batch's statistics, inference with the running averages; while
@@ -191,17 +266,18 @@ def recalibrate_batchnorm(model: torch.nn.Module, loader: DataLoader, device: to
     model.train()
     with torch.no_grad():
         for batch in loader:
-            model(batch[0].to(device, non_blocking=True))
+            with precision.autocast(device):
+                model(_batch_to(device, batch, precision.channels_last)[0])
     for m, momentum in zip(norms, momenta, strict=True):
         m.momentum = momentum
     model.train(was_training)
 
 
-def calibration_subset(samples: Sequence[Sample], limit: int = BN_FRAMES) -> list[Sample]:
-    """Up to `limit` frames spread evenly over the training set, in a fixed order."""
-    if len(samples) <= limit:
-        return list(samples)
-    return [samples[i] for i in np.linspace(0, len(samples) - 1, limit).round().astype(int)]
+def calibration_subset(count: int, limit: int = BN_FRAMES) -> list[int]:
+    """Indices of up to `limit` frames spread evenly over `count` training frames, in a fixed order."""
+    if count <= limit:
+        return list(range(count))
+    return np.linspace(0, count - 1, limit).round().astype(int).tolist()
 
 
 def _write_history(out: Path, history: list[dict[str, Any]]) -> None:
@@ -228,8 +304,9 @@ def fit(
 ) -> list[dict[str, Any]]:
     """Train, validating every `eval_every` epochs; returns the per-epoch history.
 
-    Writes OUT/last.pt (full state, every epoch and on Ctrl-C), OUT/best.pt (best validation
-    mAP@0.5), OUT/metrics.jsonl|csv and OUT/curves.png. `stop_after=k` ends cleanly after epoch k,
+    Writes OUT/last.pt (full state: every `checkpoint_every` seconds at an epoch's end, after the
+    last epoch, and on Ctrl-C/SIGTERM), OUT/best.pt (best validation mAP@0.5), OUT/metrics.jsonl|csv
+    (every epoch) and OUT/curves.png (every PLOT_EVERY seconds and at the end). `stop_after=k` ends cleanly after epoch k,
     as an interrupted run would (resume it with resume=True); `target_map` ends the run once the
     validation mAP@0.5 reaches it.
     """
@@ -246,6 +323,11 @@ def fit(
             if target_map is not None and reached is not None and reached >= target_map:
                 run.say(f"{config.val_name} mAP@0.5 {reached:.3f} >= {target_map}: stopping after epoch {epoch + 1}")
                 break
+            if _should_stop(flag.stop, ddp, run.device):  # a signal during validation: stop at this epoch's end
+                run.finish()
+                run.say(f"interrupted after epoch {epoch + 1}: saved {run.out / 'last.pt'}; continue with --resume")
+                raise flag.interrupt()
+        run.finish()
     if ddp.world_size > 1:
         dist.barrier()
         dist.destroy_process_group()
@@ -262,9 +344,16 @@ class _Run:
         self.out = Path(config.out)
         if ddp.main:
             self.out.mkdir(parents=True, exist_ok=True)
+        self.precision = pick_precision(config.amp, config.channels_last, device)
         self.model = model = self._build_model(resume)
+        if self.precision.channels_last:
+            model.to(memory_format=torch.channels_last)
         self.optimizer = make_optimizer(model, config.optimizer, config.lr)
-        self.train_set = YoloDataset(train_samples, augment=config.augment, seed=config.seed, aspect=config.aspect)
+        # fp16 needs loss scaling (its gradients underflow); bf16 has fp32's range and does not.
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision.dtype == torch.float16)
+        train_cache, val_cache = self._build_caches(train_samples, val_samples)
+        self.train_set = YoloDataset(train_samples, augment=config.augment, seed=config.seed, aspect=config.aspect,
+                                     cache=train_cache)
         self.sampler = ResumableSampler(len(self.train_set), shuffle=True, seed=config.seed, rank=ddp.rank,
                                         world_size=ddp.world_size)
         self.steps_per_epoch = math.ceil(len(self.sampler) / config.batch)
@@ -280,11 +369,25 @@ class _Run:
         if ddp.world_size > 1:
             self.net = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[device.index] if device.type == "cuda" else None)
-        val_set = YoloDataset(val_samples, augment=False)
+        val_set = YoloDataset(val_samples, augment=False, cache=val_cache)
         self.val_loader = _loader(val_set, config.batch, config.workers, device) if ddp.main and len(val_set) else None
         self.loader = _loader(self.train_set, config.batch, config.workers, device, self.sampler)
-        bn_set = YoloDataset(calibration_subset(train_samples), augment=False)
+        rows = calibration_subset(len(train_samples))
+        bn_set = YoloDataset([train_samples[i] for i in rows], augment=False, cache=train_cache, rows=rows)
         self.bn_loader = _loader(bn_set, config.batch, config.workers, device) if config.precise_bn else None
+        self.last_saved = self.last_plotted = time.monotonic()
+        self.say(f"training on {device.type} in {self.precision.name}; frames "
+                 + ("decoded each step" if train_cache is None else
+                    f"cached ({'memory' if train_cache.path is None else train_cache.path})"))
+
+    def _build_caches(self, train_samples: Sequence[Sample],
+                      val_samples: Sequence[Sample]) -> tuple[FrameCache | None, FrameCache | None]:
+        """Every process decodes its frames once; validation frames only for the process that validates."""
+        config = self.config
+        options = {"mode": config.cache, "cache_dir": config.cache_dir, "log": self.say}
+        train_cache = build_cache(train_samples, large=config.augment, **options)
+        val_cache = build_cache(val_samples, large=False, **options) if self.ddp.main else None
+        return train_cache, val_cache
 
     def _build_model(self, resume: bool) -> YoloNet:
         config = self.config
@@ -327,6 +430,8 @@ class _Run:
         self.train_set.set_epoch(epoch)
         self.sampler.set_epoch(epoch, skip=self.skip_batches * config.batch, augment=epoch < self.augment_until)
         sums = dict(self.partial) or {k: 0.0 for k in ("loss", *LOSS_PARTS, "images", "dropped")}
+        # Summed on the device and read every REPORT_EVERY seconds: a read per step stalls a GPU.
+        running = torch.zeros(len(LOSS_PARTS) + 1, device=self.device, dtype=torch.float64)
         self.net.train()
         if epoch >= round(config.freeze_bn * config.epochs):
             # Train the network exactly as it will run (eval-mode BatchNorm).
@@ -335,43 +440,57 @@ class _Run:
                     m.eval()
         bar = tqdm(self.loader, desc=f"epoch {epoch + 1}/{config.epochs}", total=self.steps_per_epoch,
                    initial=self.skip_batches, disable=not self.ddp.main, leave=False, dynamic_ncols=True)
-        batches_done = self.skip_batches
+        batches_done, reported = self.skip_batches, time.monotonic()
         for batch in bar:
-            self._step(batch, epoch, sums)
+            self._step(batch, running, sums)
             batches_done += 1
-            bar.set_postfix(loss=f"{sums['loss'] / sums['images']:.3f}", lr=f"{self.scheduler.get_last_lr()[0]:.1e}")
+            if time.monotonic() - reported > REPORT_EVERY or batches_done == self.steps_per_epoch:
+                self._read_running(running, sums, epoch)
+                bar.set_postfix(loss=f"{sums['loss'] / sums['images']:.3f}",
+                                lr=f"{self.scheduler.get_last_lr()[0]:.1e}")
+                reported = time.monotonic()
             if _should_stop(flag.stop, self.ddp, self.device):
                 bar.close()
+                self._read_running(running, sums, epoch)
                 if self.ddp.main:
                     self.save_last(epoch, batches_done, sums)
                     self.say(f"interrupted in epoch {epoch + 1}: saved {self.out / 'last.pt'}; continue with --resume")
-                raise KeyboardInterrupt
+                raise flag.interrupt()
         bar.close()
+        self._read_running(running, sums, epoch)
         self.skip_batches, self.partial = 0, {}
         return sums
 
-    def _step(self, batch, epoch: int, sums: dict[str, float]) -> None:
-        images, boxes, mask, classes = _batch_to(self.device, batch)
-        loss, parts = yolo_loss(self.net(images), boxes, mask, classes)
-        if not torch.isfinite(loss):
-            lr = self.scheduler.get_last_lr()[0]
-            raise FastYoloError(f"loss became {float(loss)} at epoch {epoch + 1}: lower --lr (now {lr:.2e})")
+    def _step(self, batch, running: torch.Tensor, sums: dict[str, float]) -> None:
+        images, boxes, mask, classes = _batch_to(self.device, batch, self.precision.channels_last)
+        with self.precision.autocast(self.device):
+            out = self.net(images)
+        loss, parts = yolo_loss(out.float(), boxes, mask, classes)  # the loss in fp32, whatever the autocast
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.scheduler.step()
         n = images.shape[0]
-        sums["loss"] += float(loss.detach()) * n
-        for k in LOSS_PARTS:
-            sums[k] += float(parts[k]) * n
+        running += torch.stack([loss.detach(), *(parts[k].detach() for k in LOSS_PARTS)]).double() * n
         sums["images"] += n
         sums["dropped"] += float(batch[5].sum())
+
+    def _read_running(self, running: torch.Tensor, sums: dict[str, float], epoch: int) -> None:
+        """Move the device-side loss sums into `sums`; a non-finite loss stops the run with advice."""
+        values = running.tolist()
+        running.zero_()
+        if not all(math.isfinite(v) for v in values):
+            lr = self.scheduler.get_last_lr()[0]
+            raise FastYoloError(f"loss became {values[0]} in epoch {epoch + 1}: lower --lr (now {lr:.2e})")
+        for k, v in zip(("loss", *LOSS_PARTS), values, strict=True):
+            sums[k] += v
 
     def end_epoch(self, epoch: int, sums: dict[str, float], started: float) -> dict[str, Any]:
         """BatchNorm statistics, validation, checkpoints, metrics and curves after an epoch; returns its row."""
         config = self.config
         if self.bn_loader is not None and epoch < round(config.freeze_bn * config.epochs):
-            recalibrate_batchnorm(self.model, self.bn_loader, self.device)
+            recalibrate_batchnorm(self.model, self.bn_loader, self.device, self.precision)
         row: dict[str, Any] = {"epoch": epoch + 1, "lr": self.scheduler.get_last_lr()[0]}
         images_seen = max(sums["images"], 1.0)
         row.update({f"train_{k}": sums[k] / images_seen for k in ("loss", *LOSS_PARTS)})
@@ -379,7 +498,7 @@ class _Run:
         row["train_images"] = int(sums["images"])  # this process's share under DDP
         row["processes"] = self.ddp.world_size
         if self.val_loader is not None and ((epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs):
-            grids, val_loss = predict(self.model, self.val_loader, self.device)
+            grids, val_loss = predict(self.model, self.val_loader, self.device, self.precision)
             metrics = evaluate_grids(grids, self.val_samples, config.min_size)
             row.update({f"val_{k}": v for k, v in val_loss.items()})
             row["val_map50"] = metrics["map50"]
@@ -392,13 +511,29 @@ class _Run:
                 self.best_map = current
                 save_checkpoint(self.out / "best.pt", self.model, epoch=epoch + 1, metrics=row,
                                 config=dataclasses.asdict(config))
-            self.save_last(epoch + 1, 0, {})
+            now = time.monotonic()
+            # last.pt holds the optimizer too (3x the model): written every checkpoint_every seconds, not
+            # every epoch; fit writes it after the last epoch, and a signal writes it at once.
+            if now - self.last_saved >= config.checkpoint_every:
+                self.save_last(epoch + 1, 0, {})
+                self.last_saved = now
             _write_history(self.out, self.history)
-            from fastyolo.train.plots import plot_curves
-
-            plot_curves(self.history, self.out / "curves.png", config.val_name)
+            if now - self.last_plotted >= PLOT_EVERY:
+                self.plot()
+                self.last_plotted = now
             self.say(_summary(row, config))
         return row
+
+    def plot(self) -> None:
+        from fastyolo.train.plots import plot_curves
+
+        plot_curves(self.history, self.out / "curves.png", self.config.val_name)
+
+    def finish(self) -> None:
+        """After the last epoch run (the end, --stop-after, the target mAP): last.pt and curves.png current."""
+        if self.ddp.main and self.history:
+            self.save_last(self.history[-1]["epoch"], 0, {})
+            self.plot()
 
 
 def set_confidence_prior(model: YoloNet, prior: float) -> None:

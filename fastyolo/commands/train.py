@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from fastyolo.errors import FastYoloError, MissingDependencyError
+from fastyolo.train.config import AMP_MODES, CACHE_MODES
 
 # Settings that define a run's data; --resume keeps them unless the command line gives new ones.
 RUN_SETTINGS = ("data", "labels", "val", "val_split", "skip_malformed")
@@ -58,6 +59,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=d["seed"])
     p.add_argument("--device", default=d["device"], help="auto, cpu or cuda [auto]")
     p.add_argument("--workers", type=int, default=d["workers"], help=f"DataLoader worker processes [{d['workers']}]")
+    p.add_argument("--amp", choices=AMP_MODES, default=None,
+                   help="mixed precision: bf16 autocast (fp32 loss), fp16 (CUDA, loss-scaled) or off; auto: bf16 on "
+                        f"CUDA and on CPUs with AMX, else off [{d['amp']}]")
+    p.add_argument("--cache", choices=CACHE_MODES, default=None,
+                   help="decode and resize the frames once: in memory, or on disk (reused by later runs while the "
+                        f"images are unchanged); off: decode every step; auto: memory up to 4 GiB [{d['cache']}]")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="folder for --cache disk [~/.cache/fastyolo/frames]")
     p.add_argument("--eval-every", type=int, default=d["eval_every"], help="validate every N epochs [1]")
     p.add_argument("--min-size", type=float, default=d["min_size"],
                    help="mAP ignores boxes under this many network-input pixels")
@@ -138,13 +147,17 @@ def run(args: argparse.Namespace) -> int:
         config = TrainConfig(**{k: v for k, v in saved["config"].items() if k in fields})
         config.milestones = tuple(config.milestones)
         config.device, config.workers = args.device, args.workers
+        for name in ("amp", "cache", "cache_dir"):  # how the run executes, not what it computes: may change
+            if getattr(args, name) is not None:
+                setattr(config, name, str(getattr(args, name)) if name == "cache_dir" else getattr(args, name))
         settings = config.extra
         if args.data:  # the data moved (or the run is resumed from another directory)
             settings.update({k: v for k, v in _settings(args).items() if k in ("data", "labels") and v})
         if args.epochs is not None and args.epochs > config.epochs:
             print(f"resume: extending the run from {config.epochs} to {args.epochs} epochs (the schedule is stretched)")
             config.epochs = args.epochs
-        print(f"resume: settings from {last} (--data, a larger --epochs, --device and --workers may change)")
+        print(f"resume: settings from {last} (--data, a larger --epochs, --device, --workers, --amp and --cache "
+              "may change)")
     else:
         if last.is_file():
             raise FastYoloError(f"{args.out} holds a run ({last}): add --resume to continue it, or use another --out")
@@ -157,6 +170,8 @@ def run(args: argparse.Namespace) -> int:
             optimizer=args.optimizer, lr=args.lr,
             augment=not args.no_augment, dropout=args.dropout, seed=args.seed, workers=args.workers,
             device=args.device, eval_every=args.eval_every, min_size=args.min_size, extra=settings,
+            amp=args.amp or TrainConfig.amp, cache=args.cache or TrainConfig.cache,
+            cache_dir=args.cache_dir and str(args.cache_dir),
         )
 
     main_process = int(os.environ.get("RANK", "0")) == 0
