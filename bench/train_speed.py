@@ -144,6 +144,32 @@ def load_train_frames(data: Path) -> list:
     return train
 
 
+def repeated_dataset(data: Path, times: int, tmp: Path) -> Path:
+    """A crowdAI-layout copy of DATA (labels.csv + images/) listing every frame `times` times under new
+    names (symlinks): a dataset of >= 1,000 frames for the GPU target from the 75 real ones. Every copy is
+    cached and augmented as its own frame, as a real set that size would be."""
+    import csv
+
+    source = data / "labels.csv"
+    if not source.is_file():
+        raise SystemExit(f"train_speed: --repeat needs a crowdAI labels.csv in {data}")
+    with open(source, newline="") as f:
+        rows = list(csv.reader(f))
+    frame = rows[0].index("Frame")
+    out = tmp / f"repeated_x{times}"
+    (out / "images").mkdir(parents=True)
+    names = sorted({r[frame] for r in rows[1:]})
+    for k in range(times):
+        for name in names:
+            (out / "images" / f"r{k:03d}_{name}").symlink_to((data / "images" / name).resolve())
+    with open(out / "labels.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(rows[0])
+        for k in range(times):
+            writer.writerows([*r[:frame], f"r{k:03d}_{r[frame]}", *r[frame + 1:]] for r in rows[1:])
+    return out
+
+
 def train_default(name: str) -> Any:
     """A TrainConfig default: the value `fastyolo train` uses when not told otherwise."""
     from fastyolo.train.config import TrainConfig
@@ -571,6 +597,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="git revision of the code before the speed work; 'none' skips the before runs [%(default).10s]")
     p.add_argument("--only", nargs="+", action="extend", choices=KINDS, help="measure only these [all]")
     p.add_argument("--json", type=Path, help="write every row here")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="list every frame of --data this many times (e.g. 14: 1,050 kitti_tiny frames) [1]")
     args = p.parse_args(argv)
     if min(args.epochs, args.steps, args.rounds) < 1 or args.batch is not None and args.batch < 1:
         p.error("--epochs, --steps, --rounds and --batch must be at least 1")
@@ -584,6 +612,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    repeat_dir = None
+    if args.repeat > 1:
+        repeat_dir = tempfile.TemporaryDirectory(prefix="train_speed-data-")
+        args.data = repeated_dataset(args.data, args.repeat, Path(repeat_dir.name))
     train = load_train_frames(args.data)
     batches = {d: args.batch or (64 if d == "cuda" else 16) for d in args.devices}
     print_header(args.devices)

@@ -203,13 +203,12 @@ def test_default_recipe_overfits_real_frames_through_the_detector(kitti_dir: Pat
     real frames, and the exported ONNX finds their boxes again through the Detector: targets, loss,
     head, export and decode agree. "auto" is bf16 autocast on a CPU with AMX; "off" is fp32."""
     import cv2
+    from fastyolo.train.engine import cpu_has_amx
     from fastyolo.train.export import export_onnx
 
     from fastyolo import Detector
     from fastyolo.datasets import load_dataset
     from fastyolo.metrics import evaluate
-
-    from fastyolo.train.engine import cpu_has_amx
 
     if amp == "off" and not cpu_has_amx():
         pytest.skip("auto is fp32 on this CPU (no AMX): the auto case is this one")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -138,10 +139,16 @@ def build_cache(samples: Sequence[Sample], *, mode: str = "auto", cache_dir: str
             big.flush()
         del exact, big
         (tmp / "done").write_text("")
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            if not (path / "done").exists():  # not a concurrent run that finished the same cache first
+                raise
     except OSError as exc:
         raise FastYoloError(f"cannot write the frame cache in {folder}: {exc.strerror or exc} "
                             "(pass --cache-dir DIR, or --cache memory/off)") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # a half-written cache is never read: only `path` is
     return FrameCache(*_open(path, large), path=path)
 
 

@@ -37,7 +37,7 @@ class TrainConfig:
     workers: int = min(4, os.cpu_count() or 1)  # DataLoader processes (persistent for the run)
     device: str = "auto"
     amp: str = "auto"  # autocast: "bf16", "fp16" (CUDA, loss-scaled) or "off"; auto: bf16 on CUDA and AMX CPUs
-    channels_last: bool | None = None  # NHWC activations; None: on where it measured faster (see engine.pick_amp)
+    channels_last: bool | None = None  # NHWC activations; None: on (faster in every measured case, engine.pick_precision)
     cache: str = "auto"  # frames decoded once: "memory", "disk" (reused by later runs), "off"; see train/cache.py
     cache_dir: str | None = None  # where "disk" caches live (default ~/.cache/fastyolo/frames)
     checkpoint_every: float = 60.0  # seconds between last.pt writes (also at the end, on Ctrl-C and SIGTERM)

@@ -220,6 +220,8 @@ class YoloNet(nn.Module):
             raw = self.head(*self.backbone.feature_maps(images))
         else:
             raw = self.head(self.backbone.features(images)).view(-1, GRID, GRID, CELL_SIZE)
+        if raw.dtype != torch.float32:  # under autocast: the probabilities (and so the loss) in fp32
+            raw = raw.float()
         class_end = CLASS_OFFSET + CLASSES
         classes = torch.softmax(raw[..., CLASS_OFFSET:class_end], dim=-1)
         rest = torch.sigmoid(raw[..., class_end:])
