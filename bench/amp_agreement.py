@@ -20,6 +20,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "kitti_tiny"
+LABELS = {"off": "fp32 (--amp off)", "bf16": "bf16 autocast (--amp bf16)", "fp16": "fp16 + loss scaling (--amp fp16)"}
 
 
 def run(samples, amp: str, args: argparse.Namespace, out: Path) -> tuple[list[dict], float]:
@@ -42,9 +43,9 @@ def plot(histories: dict[str, list[dict]], path: Path, title: str) -> None:
 
     fig, (ax_loss, ax_map) = plt.subplots(1, 2, figsize=(11, 4))
     for amp, history in histories.items():
-        ax_loss.plot([r["epoch"] for r in history], [r["train_loss"] for r in history], label=f"{amp}")
+        ax_loss.plot([r["epoch"] for r in history], [r["train_loss"] for r in history], label=LABELS.get(amp, amp))
         rows = [r for r in history if "val_map50" in r]
-        ax_map.plot([r["epoch"] for r in rows], [r["val_map50"] for r in rows], marker=".", label=f"{amp}")
+        ax_map.plot([r["epoch"] for r in rows], [r["val_map50"] for r in rows], marker=".", label=LABELS.get(amp, amp))
     ax_loss.set_yscale("log")
     ax_loss.set(xlabel="epoch", ylabel="training loss per image", title="loss")
     ax_map.set(xlabel="epoch", ylabel="mAP@0.5 on the training frames", title="mAP@0.5", ylim=(0, 1))

@@ -155,7 +155,8 @@ def run_bench(detector: Detector, video: str | Path, frames: int = 300, warmup: 
         raise ValueError(f"batch must be at least 1, got {batch}")
     if mode == "latency" and batch != 1:
         raise ValueError(f"latency mode is batch 1, one frame in flight: use mode='throughput' for batch {batch}")
-    reader = VideoReader(video)
+    # Overlapped, the prefetch thread is the decoder's parallelism (VideoReader's decode_threads).
+    reader = VideoReader(video, decode_threads=1 if mode == "latency" and overlap else None)
     try:
         if mode == "latency":
             run = _overlapped if overlap else _latency

@@ -1,9 +1,10 @@
 """Decode + resize one frame ahead on another thread, so that the host work overlaps the network.
 
 While frame n is in the network, frame n+1 is read and resized on this thread (cv2 releases the
-GIL in both, so the two really run side by side). The queue holds one item: a live source gains
-no latency (a frame is taken from the camera as soon as it arrives and is ready when the network
-is free), a file source loses the decode from the critical path, and memory stays bounded.
+GIL in both, so the two really run side by side). The thread starts frame n+1 only once frame n
+has been taken (`depth` 1), never earlier: a live source gains no latency (a frame is taken from
+the camera as soon as it arrives and is ready when the network is free), a file source loses the
+decode from the critical path without frames aging in a queue, and memory stays bounded.
 """
 
 from __future__ import annotations
@@ -20,47 +21,49 @@ _END = object()
 class Prefetcher(Generic[T]):
     """Calls `produce()` on a thread, `depth` results ahead; `get()` returns them in order, None at the end.
 
-    An exception in `produce` is raised by the `get` that would have returned its result. Use as a
-    context manager (or call close()) so that the thread stops when the consumer stops early.
+    At most `depth` results exist that `get()` has not returned, counting the one being produced:
+    the thread begins a result only when `get()` has freed a slot. An exception in `produce` is
+    raised by the `get` that would have returned its result. Use as a context manager (or call
+    close()) so that the thread stops when the consumer stops early.
     """
 
     def __init__(self, produce: Callable[[], T | None], depth: int = 1, name: str = "fastyolo-prefetch"):
         if depth < 1:
             raise ValueError(f"depth must be at least 1, got {depth}")
         self._produce = produce
-        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._queue: queue.Queue = queue.Queue()  # bounded by the slots
+        self._slots = threading.Semaphore(depth)
         self._stop = threading.Event()
         self._done = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def _put(self, item: object) -> bool:
-        """Put unless stopped (polling, so close() never waits on a full queue)."""
+    def _slot(self) -> bool:
+        """Wait for the consumer to free a slot, unless stopped (polling, so close() never waits forever)."""
         while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.05)
+            if self._slots.acquire(timeout=0.05):
                 return True
-            except queue.Full:
-                continue
         return False
 
     def _run(self) -> None:
         try:
-            while not self._stop.is_set():
+            while self._slot():
                 item = self._produce()
                 if item is None:
                     break
-                if not self._put(item):
-                    return
+                self._queue.put(item)
+            else:
+                return  # stopped
         except BaseException as exc:  # handed to the consumer, which re-raises it
-            self._put(exc)
+            self._queue.put(exc)
             return
-        self._put(_END)
+        self._queue.put(_END)
 
     def get(self) -> T | None:
         if self._done:
             return None
         item = self._queue.get()
+        self._slots.release()  # the thread may start the next one now
         if item is _END:
             self._done = True
             return None

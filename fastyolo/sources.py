@@ -122,7 +122,8 @@ def open_source(spec: str) -> Source:
 
 
 def open_video(path: Path) -> VideoSource:
-    return VideoSource(VideoReader(path, loop=False, what="a video or image"))
+    # detect decodes videos on its prefetch thread, beside the network: one decoder thread.
+    return VideoSource(VideoReader(path, loop=False, what="a video or image", decode_threads=1))
 
 
 def open_camera(index: int) -> VideoSource:

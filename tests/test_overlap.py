@@ -61,7 +61,12 @@ def test_prefetcher_keeps_order_and_stays_one_ahead():
         assert got == [0, 1, 2, 3, 4]
         threading.Event().wait(0.2)
         with lock:
-            assert len(produced) <= 5 + 2  # one in the queue, one being produced: bounded
+            # Exactly one ahead: the 6th starts only once the 5th is taken, and nothing more.
+            assert len(produced) == 5 + 1, produced
+        assert ahead.get() == 5
+        threading.Event().wait(0.2)
+        with lock:
+            assert len(produced) == 6 + 1, produced
     assert list(x for x, _ in prefetch(range(7), lambda v: v * v)) == list(range(7))
     assert [y for _, y in prefetch(range(4), lambda v: v * v)] == [0, 1, 4, 9]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import cv2
@@ -67,3 +68,15 @@ def test_unopenable_sources_fail_in_one_line(tmp_path: Path):
         VideoReader(junk)
     with pytest.raises(FastYoloError, match="camera 9 cannot be opened"):
         VideoReader(9)
+
+
+def test_one_decoder_thread_gives_the_same_frames(clip_path: Path):
+    """decode_threads=1 (bench's overlapped mode, detect's videos) changes who decodes, not what: every pixel."""
+    with VideoReader(clip_path, loop=False) as default, VideoReader(clip_path, loop=False, decode_threads=1) as single:
+        assert single.capture.get(cv2.CAP_PROP_N_THREADS) == 1
+        assert default.capture.get(cv2.CAP_PROP_N_THREADS) == (os.cpu_count() or 1)  # OpenCV's default
+        frames = 0
+        for a, b in zip(default, single, strict=True):
+            assert np.array_equal(a, b)
+            frames += 1
+        assert frames == default.frame_count

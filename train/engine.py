@@ -371,11 +371,14 @@ class _Run:
             self.net = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[device.index] if device.type == "cuda" else None)
         val_set = YoloDataset(val_samples, augment=False, cache=val_cache)
-        self.val_loader = _loader(val_set, config.batch, config.workers, device) if ddp.main and len(val_set) else None
+        # Cached un-augmented frames are a copy each: worker processes would cost more than they save.
+        val_workers = 0 if val_cache is not None else config.workers
+        self.val_loader = _loader(val_set, config.batch, val_workers, device) if ddp.main and len(val_set) else None
         self.loader = _loader(self.train_set, config.batch, config.workers, device, self.sampler)
         rows = calibration_subset(len(train_samples))
         bn_set = YoloDataset([train_samples[i] for i in rows], augment=False, cache=train_cache, rows=rows)
-        self.bn_loader = _loader(bn_set, config.batch, config.workers, device) if config.precise_bn else None
+        bn_workers = 0 if train_cache is not None else config.workers
+        self.bn_loader = _loader(bn_set, config.batch, bn_workers, device) if config.precise_bn else None
         self.last_saved = self.last_plotted = time.monotonic()
         self.say(f"training on {device.type} in {self.precision.name}; frames "
                  + ("decoded each step" if train_cache is None else
