@@ -329,6 +329,7 @@ def fit(
                 run.say(f"interrupted after epoch {epoch + 1}: saved {run.out / 'last.pt'}; continue with --resume")
                 raise flag.interrupt()
         run.finish()
+    run.close()
     if ddp.world_size > 1:
         dist.barrier()
         dist.destroy_process_group()
@@ -532,6 +533,15 @@ class _Run:
         from fastyolo.train.plots import plot_curves
 
         plot_curves(self.history, self.out / "curves.png", self.config.val_name)
+
+    def close(self) -> None:
+        """Stop the persistent DataLoader workers now. Left to garbage collection, their shutdown ran
+        at interpreter exit or at a later gc pass and took 1-10 s (measured) after training was done."""
+        for loader in (self.loader, self.val_loader, self.bn_loader):
+            iterator = getattr(loader, "_iterator", None)
+            if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+                iterator._shutdown_workers()
+                loader._iterator = None
 
     def finish(self) -> None:
         """After the last epoch run (the end, --stop-after, the target mAP): last.pt and curves.png current."""
