@@ -179,7 +179,7 @@ def train_default(name: str) -> Any:
 
 def default_workers() -> int:
     workers = train_default("workers")
-    return workers if isinstance(workers, int) and workers >= 0 else min(4, os.cpu_count() or 1)
+    return workers if isinstance(workers, int) and workers >= 0 else min(8, os.cpu_count() or 1)
 
 
 def sync(device: torch.device) -> None:

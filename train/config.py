@@ -34,7 +34,7 @@ class TrainConfig:
     freeze_bn: float = 1.0  # from this fraction of the epochs on, BatchNorm uses its running statistics
     precise_bn: bool = True  # after each epoch, BatchNorm statistics = the average over the training frames
     seed: int = 0
-    workers: int = min(4, os.cpu_count() or 1)  # DataLoader processes (persistent for the run)
+    workers: int = min(8, os.cpu_count() or 1)  # DataLoader processes, persistent for the run (a GPU eats ~1,500 images/s)
     device: str = "auto"
     amp: str = "auto"  # autocast: "bf16", "fp16" (CUDA, loss-scaled) or "off"; auto: bf16 on CUDA and AMX CPUs
     channels_last: bool | None = None  # NHWC activations; None: on (faster in every measured case, engine.pick_precision)
