@@ -307,9 +307,9 @@ def fit(
 
     Writes OUT/last.pt (full state: every `checkpoint_every` seconds at an epoch's end, after the
     last epoch, and on Ctrl-C/SIGTERM), OUT/best.pt (best validation mAP@0.5), OUT/metrics.jsonl|csv
-    (every epoch) and OUT/curves.png (every PLOT_EVERY seconds and at the end). `stop_after=k` ends cleanly after epoch k,
-    as an interrupted run would (resume it with resume=True); `target_map` ends the run once the
-    validation mAP@0.5 reaches it.
+    (every epoch) and OUT/curves.png (every PLOT_EVERY seconds and at the end). `stop_after=k`
+    ends cleanly after epoch k, as an interrupted run would (resume it with resume=True);
+    `target_map` ends the run once the validation mAP@0.5 reaches it.
     """
     ddp = init_distributed(config.device)
     run = _Run(config, train_samples, val_samples, ddp, resume, log if ddp.main else (lambda _msg: None))
