@@ -169,7 +169,8 @@ def pick_precision(amp: str, channels_last: bool | None, device: torch.device) -
         raise FastYoloError(f"unknown --amp {amp!r}: choose one of {', '.join(AMP_MODES)}")
     if amp == "auto":
         if device.type == "cuda":
-            amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            # Native bf16 only (Ampere and later); older GPUs emulate it slowly: fp16 with loss scaling there.
+            amp = "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
         else:
             amp = "bf16" if cpu_has_amx() else "off"
     if amp == "fp16" and device.type != "cuda":
