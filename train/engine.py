@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -183,11 +184,18 @@ _SCALE = torch.from_numpy(NORMALIZE_SCALE).view(1, 3, 1, 1)
 _SHIFT = torch.from_numpy(NORMALIZE_SHIFT).view(1, 3, 1, 1)
 
 
+@functools.cache
+def _normalizer(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """NORMALIZE_SCALE and NORMALIZE_SHIFT on `device`, copied there once."""
+    return _SCALE.to(device), _SHIFT.to(device)
+
+
 def to_network_input(pixels: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
     """(N, H, W, 3) uint8 RGB on any device -> (N, 3, H, W) float32 normalised as fastyolo.preprocess.normalize
     does (the same float32 multiply, then add), so the host ships a quarter of the bytes."""
     x = pixels.permute(0, 3, 1, 2).float()
-    x = x * _SCALE.to(x.device) + _SHIFT.to(x.device)
+    scale, shift = _normalizer(x.device)
+    x = x * scale + shift
     return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
