@@ -132,7 +132,7 @@ def build_cache(samples: Sequence[Sample], *, mode: str = "auto", cache_dir: str
         exact = np.lib.format.open_memmap(tmp / "exact.npy", "w+", np.uint8, (len(samples), INPUT_SIZE, INPUT_SIZE, 3))
         big = (np.lib.format.open_memmap(tmp / "large.npy", "w+", np.uint8, (len(samples), LARGE, LARGE, 3))
                if large else None)
-        log(f"frame cache: writing {size / 2**30:.1f} GiB to {path}")
+        log(f"frame cache: writing {size / 2**20:,.0f} MiB to {path}")
         _fill(samples, exact, big, workers, "caching frames")
         exact.flush()
         if big is not None:
