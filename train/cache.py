@@ -106,6 +106,16 @@ def _fill(samples: Sequence[Sample], exact: np.ndarray, large: np.ndarray | None
             pass
 
 
+def _reserve(folder: Path) -> None:
+    """Allocate the memory-mapped files' blocks now: a full disk is then an OSError here, not a SIGBUS
+    when a page of the (sparse) file is first written."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    for file in folder.glob("*.npy"):
+        with open(file, "r+b") as handle:
+            os.posix_fallocate(handle.fileno(), 0, file.stat().st_size)
+
+
 def build_cache(samples: Sequence[Sample], *, mode: str = "auto", cache_dir: str | os.PathLike | None = None,
                 large: bool = True, workers: int = os.cpu_count() or 1, log=print) -> FrameCache | None:
     """The frames of `samples` decoded and resized once; None for mode "off"."""
@@ -132,6 +142,7 @@ def build_cache(samples: Sequence[Sample], *, mode: str = "auto", cache_dir: str
         exact = np.lib.format.open_memmap(tmp / "exact.npy", "w+", np.uint8, (len(samples), INPUT_SIZE, INPUT_SIZE, 3))
         big = (np.lib.format.open_memmap(tmp / "large.npy", "w+", np.uint8, (len(samples), LARGE, LARGE, 3))
                if large else None)
+        _reserve(tmp)
         log(f"frame cache: writing {size / 2**20:,.0f} MiB to {path}")
         _fill(samples, exact, big, workers, "caching frames")
         exact.flush()
