@@ -253,6 +253,7 @@ def test_resume_from_another_directory_extends_a_finished_run(resume_data: Path,
     (["--dropout", "1"], "--dropout must be in [0, 1)"),
     (["--epochs", "0"], "--epochs and --batch must be at least 1"),
     (["--workers", "-1"], "--workers must be >= 0"),
+    (["--amp", "fp16"], "--amp fp16 needs a CUDA device"),  # train_args run on the CPU
 ])
 def test_bad_options_are_one_line(resume_data: Path, tmp_path: Path, capsys, extra, message):
     assert cli([*train_args(resume_data, tmp_path / "run"), *extra]) == 2

@@ -89,6 +89,8 @@ def _check_options(args: argparse.Namespace) -> None:
         raise FastYoloError(f"--min-size must be >= 0 pixels, got {args.min_size}")
     if args.workers < 0 or args.eval_every < 1:
         raise FastYoloError(f"--workers must be >= 0 and --eval-every >= 1, got {args.workers} and {args.eval_every}")
+    if args.amp == "fp16" and args.device == "cpu":
+        raise FastYoloError("--amp fp16 needs a CUDA device (on a CPU use bf16 or off)")
     if args.stop_after is not None and args.stop_after < 1:
         raise FastYoloError(f"--stop-after must be at least 1, got {args.stop_after}")
     if args.labels is not None and args.data is not None and len(args.data) > 1:
