@@ -2,9 +2,10 @@
 
 While frame n is in the network, frame n+1 is read and resized on this thread (cv2 releases the
 GIL in both, so the two really run side by side). The thread starts frame n+1 only once frame n
-has been taken (`depth` 1), never earlier: a live source gains no latency (a frame is taken from
-the camera as soon as it arrives and is ready when the network is free), a file source loses the
-decode from the critical path without frames aging in a queue, and memory stays bounded.
+has been taken (`depth` 1), never earlier: a file source loses the decode from the critical path
+without frames aging in a queue, and memory stays bounded. A live source has nothing to overlap
+(its next frame has not arrived while this one is in the network) and would only pay the hand-off
+between threads, so `fastyolo detect` reads cameras in series (bench/live_latency.py).
 """
 
 from __future__ import annotations
