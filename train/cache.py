@@ -14,13 +14,14 @@ Two uint8 arrays per frame:
 file under a cache folder (default ~/.cache/fastyolo/frames, `--cache-dir`), memory-mapped by every
 worker and reused by later runs. Its name is a hash of every image's path, size and modification
 time, so changed images make a new cache instead of stale frames. "auto" is memory up to
-MEMORY_LIMIT bytes, disk above.
+MEMORY_LIMIT bytes (SPAWN_MEMORY_LIMIT where workers are spawned, not forked), disk above.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 import shutil
 from collections.abc import Sequence
@@ -39,6 +40,7 @@ from fastyolo.preprocess import resize_rgb
 
 LARGE = 384  # side of the augmentation copy, see the module docstring
 MEMORY_LIMIT = 4 << 30  # "auto" caches in RAM up to this many bytes
+SPAWN_MEMORY_LIMIT = 256 << 20  # ... where workers are spawned (each gets a copy), see build_cache
 VERSION = 1  # bump when what a cache file holds changes
 
 
@@ -125,7 +127,10 @@ def build_cache(samples: Sequence[Sample], *, mode: str = "auto", cache_dir: str
         return None
     size = len(samples) * _frame_bytes(large)
     if mode == "auto":
-        mode = "memory" if size <= MEMORY_LIMIT else "disk"
+        # Forked DataLoader workers share a memory cache; spawned ones (macOS, Windows) get a pickled
+        # copy each, so there only small caches stay in memory and the rest is memory-mapped.
+        limit = MEMORY_LIMIT if multiprocessing.get_start_method() == "fork" else SPAWN_MEMORY_LIMIT
+        mode = "memory" if size <= limit else "disk"
     if mode == "memory":
         exact = np.empty((len(samples), INPUT_SIZE, INPUT_SIZE, 3), np.uint8)
         big = np.empty((len(samples), LARGE, LARGE, 3), np.uint8) if large else None
