@@ -129,7 +129,9 @@ def build_cache(samples: Sequence[Sample], *, mode: str = "auto", cache_dir: str
     if mode == "auto":
         # Forked DataLoader workers share a memory cache; spawned ones (macOS, Windows) get a pickled
         # copy each, so there only small caches stay in memory and the rest is memory-mapped.
-        limit = MEMORY_LIMIT if multiprocessing.get_start_method() == "fork" else SPAWN_MEMORY_LIMIT
+        # (allow_none: asking must not fix the start method for the rest of the program)
+        method = multiprocessing.get_start_method(allow_none=True) or multiprocessing.get_all_start_methods()[0]
+        limit = MEMORY_LIMIT if method == "fork" else SPAWN_MEMORY_LIMIT
         mode = "memory" if size <= limit else "disk"
     if mode == "memory":
         exact = np.empty((len(samples), INPUT_SIZE, INPUT_SIZE, 3), np.uint8)
