@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,28 +15,42 @@ TEACHER = SHARED_DATA / "teacher" / "yolox_nano.onnx"
 UDACITY = SHARED_DATA / "udacity_test_images"
 
 
+def _shared(path: Path, what: str, present: bool) -> Path:
+    """`path` of the real data, or the test skipped with the reason."""
+    if not present:
+        pytest.skip(f"{what} not found at {path} (../shared/data beside the repo)")
+    return path
+
+
+def tiny_dataset(kitti_dir: Path, out: Path, frames: tuple[str, ...] | list[str]) -> Path:
+    """A crowdAI-layout copy of some kitti_tiny frames (labels.csv + images/)."""
+    (out / "images").mkdir(parents=True)
+    with open(kitti_dir / "labels.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    kept = [rows[0]] + [r for r in rows[1:] if r[4] in frames]
+    with open(out / "labels.csv", "w", newline="") as f:
+        csv.writer(f).writerows(kept)
+    for name in frames:
+        shutil.copyfile(kitti_dir / "images" / name, out / "images" / name)
+    return out
+
+
 @pytest.fixture(scope="session")
 def teacher_path() -> Path:
     """The COCO teacher detector (YOLOX-nano ONNX) that `fastyolo label` uses."""
-    if not TEACHER.is_file():
-        pytest.skip(f"teacher model not found at {TEACHER} (../shared/data beside the repo)")
-    return TEACHER
+    return _shared(TEACHER, "teacher model", TEACHER.is_file())
 
 
 @pytest.fixture(scope="session")
 def udacity_dir() -> Path:
     """6 real Udacity highway frames, 1280x720, no labels."""
-    if not UDACITY.is_dir():
-        pytest.skip(f"Udacity test images not found at {UDACITY} (../shared/data beside the repo)")
-    return UDACITY
+    return _shared(UDACITY, "Udacity test images", UDACITY.is_dir())
 
 
 @pytest.fixture(scope="session")
 def kitti_dir() -> Path:
     """75 real KITTI frames with labels (labels.csv and label_2/)."""
-    if not (KITTI_DIR / "labels.csv").is_file():
-        pytest.skip(f"real KITTI frames not found at {KITTI_DIR} (../shared/data beside the repo)")
-    return KITTI_DIR
+    return _shared(KITTI_DIR, "real KITTI frames", (KITTI_DIR / "labels.csv").is_file())
 
 
 @pytest.fixture(scope="session")
@@ -45,9 +61,7 @@ def kitti_images(kitti_dir: Path) -> list[Path]:
 @pytest.fixture(scope="session")
 def clip_path() -> Path:
     """The real highway clip (960x540, 485 frames)."""
-    if not CLIP.is_file():
-        pytest.skip(f"real highway clip not found at {CLIP} (../shared/data beside the repo)")
-    return CLIP
+    return _shared(CLIP, "real highway clip", CLIP.is_file())
 
 
 @pytest.fixture(scope="session")

@@ -6,10 +6,8 @@ Budget: about 3-4 minutes on 2 CPU cores, most of it the overfit test (marked sl
 
 from __future__ import annotations
 
-import csv
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +19,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="training needs the [train] extra (torch)")
 
+from conftest import tiny_dataset  # noqa: E402
 from fastyolo.train.schedule import lr_factor, make_optimizer, make_scheduler  # noqa: E402
 
 from fastyolo.cli import main as cli  # noqa: E402
@@ -28,19 +27,6 @@ from fastyolo.cli import main as cli  # noqa: E402
 RESUME_FRAMES = ("000000.jpg", "000022.jpg", "000037.jpg", "000074.jpg")
 OVERFIT_FRAMES = ("000037.jpg", "000074.jpg")  # Car, Truck, Car; 3 Pedestrians; no dropped object
 OVERFIT_EPOCHS = 150  # one step each: what a new user tries on a few frames
-
-
-def tiny_dataset(kitti_dir: Path, out: Path, frames: tuple[str, ...]) -> Path:
-    """A crowdAI-layout copy of some kitti_tiny frames (labels.csv + images/)."""
-    (out / "images").mkdir(parents=True)
-    with open(kitti_dir / "labels.csv", newline="") as f:
-        rows = list(csv.reader(f))
-    kept = [rows[0]] + [r for r in rows[1:] if r[4] in frames]
-    with open(out / "labels.csv", "w", newline="") as f:
-        csv.writer(f).writerows(kept)
-    for name in frames:
-        shutil.copyfile(kitti_dir / "images" / name, out / "images" / name)
-    return out
 
 
 def train_args(data: Path, out: Path, *extra: str) -> list[str]:

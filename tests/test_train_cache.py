@@ -12,6 +12,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="training needs the [train] extra (torch)")
 
+from conftest import tiny_dataset  # noqa: E402
 from fastyolo.train.augment import augment, augment_square  # noqa: E402
 from fastyolo.train.cache import build_cache  # noqa: E402
 from fastyolo.train.data import ResumableSampler, YoloDataset  # noqa: E402
@@ -100,17 +101,8 @@ def test_cached_augmentation_is_reproducible_in_any_worker(samples, cache):
         _items_equal(x, y)
 
 
-def _dataset_copy(kitti_dir: Path, out: Path, names: list[str]) -> Path:
-    (out / "images").mkdir(parents=True)
-    lines = (kitti_dir / "labels.csv").read_text().splitlines()
-    (out / "labels.csv").write_text("\n".join([lines[0], *(r for r in lines[1:] if r.split(",")[4] in names)]) + "\n")
-    for name in names:
-        shutil.copyfile(kitti_dir / "images" / name, out / "images" / name)
-    return out
-
-
 def test_disk_cache_is_reused_and_invalidated_when_an_image_changes(kitti_dir: Path, tmp_path: Path):
-    data = _dataset_copy(kitti_dir, tmp_path / "data", ["000001.jpg", "000002.jpg", "000003.jpg"])
+    data = tiny_dataset(kitti_dir, tmp_path / "data", ["000001.jpg", "000002.jpg", "000003.jpg"])
     found, _ = load_dataset(data)
     said: list[str] = []
     first = build_cache(found, mode="disk", cache_dir=tmp_path / "cache", log=said.append)
@@ -134,7 +126,7 @@ def test_disk_cache_is_reused_and_invalidated_when_an_image_changes(kitti_dir: P
 
 
 def test_unwritable_cache_dir_is_one_line(kitti_dir: Path, tmp_path: Path, capsys):
-    data = _dataset_copy(kitti_dir, tmp_path / "data", ["000001.jpg", "000002.jpg"])
+    data = tiny_dataset(kitti_dir, tmp_path / "data", ["000001.jpg", "000002.jpg"])
     blocker = tmp_path / "not_a_folder"
     blocker.write_text("a file where the cache folder should be")
     found, _ = load_dataset(data)
