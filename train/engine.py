@@ -400,8 +400,13 @@ class _Run:
         config = self.config
         options = {"mode": config.cache, "cache_dir": config.cache_dir, "log": self.say}
         train_cache = build_cache(train_samples, large=config.augment, **options)
-        val_cache = build_cache(val_samples, large=False, **options) if self.ddp.main else None
-        return train_cache, val_cache
+        if not self.ddp.main:
+            return train_cache, None
+        same = len(val_samples) == len(train_samples) and all(
+            v is t for v, t in zip(val_samples, train_samples, strict=True))
+        if same:  # validating on the training frames (--val-split 0): decoded already
+            return train_cache, train_cache
+        return train_cache, build_cache(val_samples, large=False, **options)
 
     def _build_model(self, resume: bool) -> YoloNet:
         config = self.config
