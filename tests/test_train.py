@@ -240,6 +240,7 @@ def test_resume_from_another_directory_extends_a_finished_run(resume_data: Path,
     (["--epochs", "0"], "--epochs and --batch must be at least 1"),
     (["--workers", "-1"], "--workers must be >= 0"),
     (["--amp", "fp16"], "--amp fp16 needs a CUDA device"),  # train_args run on the CPU
+    (["--augment-on", "device", "--cache", "off"], "--augment-on device warps the frame cache's copies"),
 ])
 def test_bad_options_are_one_line(resume_data: Path, tmp_path: Path, capsys, extra, message):
     assert cli([*train_args(resume_data, tmp_path / "run"), *extra]) == 2
@@ -263,8 +264,8 @@ def test_train_config_is_the_one_source_of_defaults():
     from fastyolo.cli import build_parser
 
     args = build_parser().parse_args(["train", "--out", "x"])
+    not_given = ("epochs", "amp", "cache", "augment_on")  # None: a new run takes TrainConfig's, --resume the run's
     for f in dataclasses.fields(TrainConfig):
-        # None on the command line: not given (a new run takes TrainConfig's, --resume keeps the run's)
-        if f.name not in ("epochs", "amp", "cache") and hasattr(args, f.name) and f.default is not dataclasses.MISSING:
+        if f.name not in not_given and hasattr(args, f.name) and f.default is not dataclasses.MISSING:
             assert getattr(args, f.name) == f.default, f.name
     assert TrainConfig(out="x").optimizer == "adam"  # Python users of fit() get what the CLI gives

@@ -153,6 +153,49 @@ def augment(
     return apply(image, boxes, class_ids, params, min_visible=min_visible)
 
 
+@dataclass(frozen=True)
+class SquareDraw:
+    """One draw of `augment` for a frame given as its square copy: the output boxes and what the pixels need.
+
+    `to_input` maps the square copy's box coordinates to the network input's: x' = to_input[0, 0] * x +
+    to_input[0, 2] (and the same in y); then HSV gains and the flip apply at the input's size.
+    """
+
+    to_input: np.ndarray  # (2, 3) float64, axis-aligned
+    saturation: float
+    value: float
+    flip: bool
+    boxes: np.ndarray  # (K, 4) float32 in the frame's pixels, after the flip
+    class_ids: np.ndarray
+
+
+def draw_square(
+    side: int,
+    width: int,
+    height: int,
+    boxes: np.ndarray,
+    class_ids: np.ndarray,
+    rng: np.random.Generator,
+    out_size: int,
+    *,
+    aspect: float = 1.0,
+    min_visible: float = MIN_VISIBLE,
+) -> SquareDraw:
+    """The draws `augment(frame, ...)` makes from `rng` for a width x height frame, its boxes and class ids
+    exactly, and the one affine from its side x side square copy straight to the out_size input (the
+    squash, the augmentation's affine and the resize composed)."""
+    params = draw_params(rng, width, height, aspect=aspect)
+    boxes, keep = warp_boxes(boxes, params.matrix, width, height, min_visible)
+    class_ids = np.asarray(class_ids)[keep]
+    if params.flip:
+        boxes = flip_boxes(boxes, width)
+    m = params.matrix
+    # square pixels -> frame pixels (x * width / side) -> augmented frame -> input pixels (x * out_size / width)
+    to_input = np.array([[m[0, 0] * out_size / side, 0.0, m[0, 2] * out_size / width],
+                         [0.0, m[1, 1] * out_size / side, m[1, 2] * out_size / height]])
+    return SquareDraw(to_input, params.saturation, params.value, params.flip, boxes, class_ids)
+
+
 def augment_square(
     square: np.ndarray,
     width: int,
@@ -169,26 +212,19 @@ def augment_square(
 
     The same draws from `rng` as `augment(frame, ...)`, so the boxes and class ids are exactly
     those; the pixels come from one warpAffine of the square copy straight to the out_size x
-    out_size network input (the squash, the augmentation's affine and the resize composed), then
-    the HSV jitter and the flip at that size. Returns the BGR uint8 input and the boxes in the
-    frame's pixels.
+    out_size network input (`draw_square`), then the HSV jitter and the flip at that size.
+    Returns the BGR uint8 input and the boxes in the frame's pixels. train/device_augment.py
+    makes the same pixels from the same draw on the training device.
     """
-    params = draw_params(rng, width, height, aspect=aspect)
-    boxes, keep = warp_boxes(boxes, params.matrix, width, height, min_visible)
-    class_ids = np.asarray(class_ids)[keep]
-    side = square.shape[0]
-    m = params.matrix
-    # square pixels -> frame pixels (x * width / side) -> augmented frame -> input pixels (x * out_size / width)
-    to_input = np.array([[m[0, 0] * out_size / side, 0.0, m[0, 2] * out_size / width],
-                         [0.0, m[1, 1] * out_size / side, m[1, 2] * out_size / height]])
-    image = cv2.warpAffine(square, _cv2_matrix(to_input), (out_size, out_size), flags=cv2.INTER_LINEAR,
+    draw = draw_square(square.shape[0], width, height, boxes, class_ids, rng, out_size, aspect=aspect,
+                       min_visible=min_visible)
+    image = cv2.warpAffine(square, _cv2_matrix(draw.to_input), (out_size, out_size), flags=cv2.INTER_LINEAR,
                            borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
-    image = jitter_hsv(image, params.saturation, params.value)
-    if params.flip:
+    image = jitter_hsv(image, draw.saturation, draw.value)
+    if draw.flip:
         image = cv2.flip(image, 1)
-        boxes = flip_boxes(boxes, width)
-    return image, boxes, class_ids
+    return image, draw.boxes, draw.class_ids
 
 
-__all__ = ["MIN_VISIBLE", "AugmentParams", "apply", "augment", "augment_square", "draw_params", "flip_boxes",
-           "jitter_hsv", "warp_boxes"]
+__all__ = ["MIN_VISIBLE", "AugmentParams", "SquareDraw", "apply", "augment", "augment_square", "draw_params",
+           "draw_square", "flip_boxes", "jitter_hsv", "warp_boxes"]

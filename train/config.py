@@ -10,6 +10,7 @@ MILESTONES = (0.8, 0.9)  # fractions of all steps where the learning rate drops 
 WARMUP = 0.05  # fraction of all steps of linear warm-up from lr/10
 AMP_MODES = ("auto", "bf16", "fp16", "off")  # TrainConfig.amp
 CACHE_MODES = ("auto", "memory", "disk", "off")  # TrainConfig.cache
+AUGMENT_ON = ("auto", "workers", "device")  # TrainConfig.augment_on
 
 
 @dataclass
@@ -40,6 +41,9 @@ class TrainConfig:
     channels_last: bool | None = None  # NHWC activations; None: on (faster in every measured case, engine.pick_precision)
     cache: str = "auto"  # frames decoded once: "memory", "disk" (reused by later runs), "off"; see train/cache.py
     cache_dir: str | None = None  # where "disk" caches live (default ~/.cache/fastyolo/frames)
+    # Who makes the augmented pixels: the DataLoader workers (OpenCV) or the training device (torch, one batch at a
+    # time; needs the cache). auto: workers until a GPU measurement says otherwise (engine.pick_augment_on).
+    augment_on: str = "auto"
     checkpoint_every: float = 60.0  # seconds between last.pt writes (also at the end, on Ctrl-C and SIGTERM)
     eval_every: int = 1
     min_size: float = 0.0  # boxes smaller than this (pixels) are ignored by the mAP

@@ -5,6 +5,8 @@ device), the functions every inference backend uses, so a trained network sees t
 at training and detection time. With a frame cache (train/cache.py) an un-augmented frame is
 that same array, read instead of decoded, and an augmented one is `augment_square` of the cached
 square copy: the same boxes as without the cache, the pixels from a 384-pixel copy of the frame.
+With `augment_on_device` the item carries that augmentation's draw (train/device_augment.py
+WARP_FIELDS) instead of pixels, and the training device makes the pixels for the whole batch.
 Augmentation draws from a generator seeded by (seed, epoch, index): the same epoch gives the same
 images in any worker process, which is what makes `--resume` exact.
 """
@@ -16,8 +18,9 @@ from collections.abc import Iterator, Sequence
 import cv2
 import numpy as np
 import torch
-from fastyolo.train.augment import augment, augment_square
+from fastyolo.train.augment import augment, augment_square, draw_square
 from fastyolo.train.cache import FrameCache
+from fastyolo.train.device_augment import no_warp, warp_row
 from fastyolo.train.targets import build_targets
 from torch.utils.data import Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
@@ -28,20 +31,27 @@ from fastyolo.preprocess import resize_rgb
 
 
 class YoloDataset(Dataset):
-    """Items: image (INPUT_SIZE, INPUT_SIZE, 3) uint8 RGB, target boxes, mask, classes, sample index, dropped objects.
+    """Items: image (INPUT_SIZE, INPUT_SIZE, 3) uint8 RGB, target boxes, mask, classes, sample index, dropped
+    objects, warp (device_augment.WARP_FIELDS float64; row NO_WARP unless the device makes the pixels).
 
     The image is the network input before `normalize` (engine.to_network_input does that on the
     training device, the same float32 arithmetic): a quarter of the bytes through the DataLoader.
+    An item augmented on the device has an empty image (0 bytes) and its draw in `warp`.
     """
 
     def __init__(self, samples: Sequence[Sample], *, augment: bool = False, seed: int = 0, aspect: float = 1.0,
-                 cache: FrameCache | None = None, rows: Sequence[int] | None = None):
-        """cache: the samples' frames decoded once (rows[i]: sample i's row in it, default i)."""
+                 cache: FrameCache | None = None, rows: Sequence[int] | None = None,
+                 augment_on_device: bool = False):
+        """cache: the samples' frames decoded once (rows[i]: sample i's row in it, default i).
+        augment_on_device: augmented items carry their draw, not pixels (engine.DeviceAugmenter makes them)."""
         self.samples = list(samples)
         self.cache = cache
         self.rows = list(range(len(self.samples))) if rows is None else list(rows)
         if cache is not None and augment and cache.large is None:
             raise ValueError("an augmenting YoloDataset needs a cache with the large copies")
+        if augment_on_device and cache is None:
+            raise ValueError("augmenting on the device needs the frame cache's square copies")
+        self.augment_on_device = augment_on_device
         self.augment = augment
         self.aspect = aspect
         self.seed = seed
@@ -62,6 +72,7 @@ class YoloDataset(Dataset):
         boxes, class_ids = sample.boxes, sample.class_ids
         augmented = augmented and self.augment
         rng = np.random.default_rng([self.seed, epoch, index]) if augmented else None
+        warp = no_warp()
         if self.cache is None:
             image = sample.load_image()
             if augmented:
@@ -70,7 +81,12 @@ class YoloDataset(Dataset):
             rgb = resize_rgb(image)
         else:
             row, width, height = self.rows[index], sample.width, sample.height
-            if augmented:
+            if augmented and self.augment_on_device:
+                draw = draw_square(self.cache.large.shape[1], width, height, boxes, class_ids, rng, INPUT_SIZE,
+                                   aspect=self.aspect)
+                boxes, class_ids, warp = draw.boxes, draw.class_ids, warp_row(row, draw)
+                rgb = np.empty(0, np.uint8)
+            elif augmented:
                 bgr, boxes, class_ids = augment_square(self.cache.large[row], width, height, boxes, class_ids, rng,
                                                        INPUT_SIZE, aspect=self.aspect)
                 rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
@@ -85,6 +101,7 @@ class YoloDataset(Dataset):
             torch.from_numpy(targets.classes),
             index,
             targets.dropped,
+            torch.from_numpy(warp),
         )
 
 

@@ -26,8 +26,9 @@ import torch
 import torch.distributed as dist
 from fastyolo.train.cache import FrameCache, build_cache
 from fastyolo.train.checkpoint import load_checkpoint, read_torch_file, rng_state, save_checkpoint, set_rng_state
-from fastyolo.train.config import AMP_MODES, TrainConfig
+from fastyolo.train.config import AMP_MODES, AUGMENT_ON, TrainConfig
 from fastyolo.train.data import ResumableSampler, YoloDataset
+from fastyolo.train.device_augment import DeviceAugmenter
 from fastyolo.train.loss import yolo_loss
 from fastyolo.train.model import YoloNet
 from fastyolo.train.schedule import make_optimizer, make_scheduler
@@ -180,6 +181,17 @@ def pick_precision(amp: str, channels_last: bool | None, device: torch.device) -
     return Precision(dtype, True if channels_last is None else channels_last)
 
 
+def pick_augment_on(setting: str, augment: bool, cached: bool) -> str:
+    """Resolve --augment-on: "workers" or "device". auto is workers: augmenting on a GPU was written but not yet
+    measured against the workers there (bench/train_speed.py measures both), and on a CPU the workers run
+    beside the step while the device version runs in its place."""
+    if setting not in AUGMENT_ON:
+        raise FastYoloError(f"unknown --augment-on {setting!r}: choose one of {', '.join(AUGMENT_ON)}")
+    if setting == "device" and augment and not cached:
+        raise FastYoloError("--augment-on device warps the frame cache's copies: drop --cache off")
+    return "device" if setting == "device" and augment else "workers"
+
+
 _SCALE = torch.from_numpy(NORMALIZE_SCALE).view(1, 3, 1, 1)
 _SHIFT = torch.from_numpy(NORMALIZE_SHIFT).view(1, 3, 1, 1)
 
@@ -199,9 +211,17 @@ def to_network_input(pixels: torch.Tensor, channels_last: bool = False) -> torch
     return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
-def _batch_to(device: torch.device, batch, channels_last: bool = False) -> tuple[torch.Tensor, ...]:
-    pixels, boxes, mask, classes = (t.to(device, non_blocking=True) for t in batch[:4])
-    return to_network_input(pixels, channels_last), boxes, mask, classes
+def _batch_to(device: torch.device, batch, channels_last: bool = False,
+              augmenter: DeviceAugmenter | None = None) -> tuple[torch.Tensor, ...]:
+    """A DataLoader batch as the step takes it: network input, target boxes, mask and classes on `device`.
+    Items augmented on the device (an empty image) get their pixels from `augmenter`."""
+    pixels = batch[0]
+    if pixels.ndim == 2:  # (N, 0): the workers sent draws, not pixels
+        if augmenter is None:
+            raise RuntimeError("a batch augmented on the device reached _batch_to without its DeviceAugmenter")
+        pixels = augmenter(batch[6])
+    boxes, mask, classes = (t.to(device, non_blocking=True) for t in batch[1:4])
+    return to_network_input(pixels.to(device, non_blocking=True), channels_last), boxes, mask, classes
 
 
 @torch.no_grad()
@@ -362,9 +382,11 @@ class _Run:
         self.optimizer = make_optimizer(model, config.optimizer, config.lr)
         # fp16 needs loss scaling (its gradients underflow); bf16 has fp32's range and does not.
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision.dtype == torch.float16)
+        on_device = pick_augment_on(config.augment_on, config.augment, config.cache != "off") == "device"
         train_cache, val_cache = self._build_caches(train_samples, val_samples)
+        self.augmenter = DeviceAugmenter(train_cache.large, device) if on_device else None
         self.train_set = YoloDataset(train_samples, augment=config.augment, seed=config.seed, aspect=config.aspect,
-                                     cache=train_cache)
+                                     cache=train_cache, augment_on_device=on_device)
         self.sampler = ResumableSampler(len(self.train_set), shuffle=True, seed=config.seed, rank=ddp.rank,
                                         world_size=ddp.world_size)
         self.steps_per_epoch = math.ceil(len(self.sampler) / config.batch)
@@ -392,7 +414,8 @@ class _Run:
         self.last_saved = self.last_plotted = time.monotonic()
         self.say(f"training on {device.type} in {self.precision.name}; frames "
                  + ("decoded each step" if train_cache is None else
-                    f"cached ({'memory' if train_cache.path is None else train_cache.path})"))
+                    f"cached ({'memory' if train_cache.path is None else train_cache.path})")
+                 + ("" if self.augmenter is None else f"; augmented on the {device.type} ({self.augmenter.where})"))
 
     def _build_caches(self, train_samples: Sequence[Sample],
                       val_samples: Sequence[Sample]) -> tuple[FrameCache | None, FrameCache | None]:
@@ -481,7 +504,7 @@ class _Run:
         return sums
 
     def _step(self, batch, running: torch.Tensor, sums: dict[str, float]) -> None:
-        images, boxes, mask, classes = _batch_to(self.device, batch, self.precision.channels_last)
+        images, boxes, mask, classes = _batch_to(self.device, batch, self.precision.channels_last, self.augmenter)
         with self.precision.autocast(self.device):
             out = self.net(images)
         loss, parts = yolo_loss(out.float(), boxes, mask, classes)  # the loss in fp32, whatever the autocast

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from fastyolo.errors import FastYoloError, MissingDependencyError
-from fastyolo.train.config import AMP_MODES, CACHE_MODES
+from fastyolo.train.config import AMP_MODES, AUGMENT_ON, CACHE_MODES
 
 # Settings that define a run's data; --resume keeps them unless the command line gives new ones.
 RUN_SETTINGS = ("data", "labels", "val", "val_split", "skip_malformed")
@@ -67,6 +67,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         f"images are unchanged); off: decode every step; auto: memory up to 4 GiB [{d['cache']}]")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="folder for --cache disk [~/.cache/fastyolo/frames]")
+    p.add_argument("--augment-on", choices=AUGMENT_ON, default=None,
+                   help="who makes the augmented pixels: the DataLoader workers (OpenCV) or the training device "
+                        f"(torch, a batch at a time, from the frame cache); auto: workers [{d['augment_on']}]")
     p.add_argument("--eval-every", type=int, default=d["eval_every"], help="validate every N epochs [1]")
     p.add_argument("--min-size", type=float, default=d["min_size"],
                    help="mAP ignores boxes under this many network-input pixels")
@@ -91,6 +94,8 @@ def _check_options(args: argparse.Namespace) -> None:
         raise FastYoloError(f"--workers must be >= 0 and --eval-every >= 1, got {args.workers} and {args.eval_every}")
     if args.amp == "fp16" and args.device == "cpu":
         raise FastYoloError("--amp fp16 needs a CUDA device (on a CPU use bf16 or off)")
+    if args.augment_on == "device" and args.cache == "off" and not args.no_augment:
+        raise FastYoloError("--augment-on device warps the frame cache's copies: drop --cache off")
     if args.stop_after is not None and args.stop_after < 1:
         raise FastYoloError(f"--stop-after must be at least 1, got {args.stop_after}")
     if args.labels is not None and args.data is not None and len(args.data) > 1:
@@ -149,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
         config = TrainConfig(**{k: v for k, v in saved["config"].items() if k in fields})
         config.milestones = tuple(config.milestones)
         config.device, config.workers = args.device, args.workers
-        for name in ("amp", "cache", "cache_dir"):  # how the run executes, not what it computes: may change
+        for name in ("amp", "cache", "cache_dir", "augment_on"):  # how the run executes (not what): may change
             if getattr(args, name) is not None:
                 setattr(config, name, str(getattr(args, name)) if name == "cache_dir" else getattr(args, name))
         settings = config.extra
@@ -158,8 +163,8 @@ def run(args: argparse.Namespace) -> int:
         if args.epochs is not None and args.epochs > config.epochs:
             print(f"resume: extending the run from {config.epochs} to {args.epochs} epochs (the schedule is stretched)")
             config.epochs = args.epochs
-        print(f"resume: settings from {last} (--data, a larger --epochs, --device, --workers, --amp and --cache "
-              "may change)")
+        print(f"resume: settings from {last} (--data, a larger --epochs, --device, --workers, --amp, --cache and "
+              "--augment-on may change)")
     else:
         if last.is_file():
             raise FastYoloError(f"{args.out} holds a run ({last}): add --resume to continue it, or use another --out")
@@ -173,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
             augment=not args.no_augment, dropout=args.dropout, seed=args.seed, workers=args.workers,
             device=args.device, eval_every=args.eval_every, min_size=args.min_size, extra=settings,
             amp=args.amp or TrainConfig.amp, cache=args.cache or TrainConfig.cache,
-            cache_dir=args.cache_dir and str(args.cache_dir),
+            cache_dir=args.cache_dir and str(args.cache_dir), augment_on=args.augment_on or TrainConfig.augment_on,
         )
 
     main_process = int(os.environ.get("RANK", "0")) == 0
