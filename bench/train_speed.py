@@ -7,7 +7,9 @@ Three measurements, for each device (cpu, and cuda when torch sees a GPU) and ba
           epochs, each batch handed to the device as the step receives it (engine._batch_to). The first
           epoch (worker start-up, and the frame cache's build where the code has one) is reported apart
           from the steady epochs.
-          Rows: frames decoded every step ("cache off") and, when fastyolo.train.cache exists, cached.
+          Rows: frames decoded every step ("cache off") and, when fastyolo.train.cache exists, cached;
+          and, where the code has --augment-on device, cached with the pixels made on the device
+          (the workers only draw and build targets; train/device_augment.py warps on the device).
 2. step   the training step alone on a synthetic batch already on the device: forward, yolo_loss,
           zero_grad, backward, optimizer step (the default AdamW); random images, targets of real
           kitti_tiny frames. fp32, bf16 autocast (fp16 + GradScaler on cuda), each also channels_last.
@@ -209,16 +211,18 @@ def build_cache(train: Sequence, cache_dir: Path) -> tuple[Any, str] | None:
 
 
 def data_epochs(train: Sequence, device: torch.device, batch: int, workers: int, epochs: int,
-                cache_dir: Path | None) -> tuple[list[float], str] | None:
+                cache_dir: Path | None, on_device: bool = False) -> tuple[list[float], str] | None:
     """Seconds of each epoch through the training DataLoader, and a label.
 
-    With `cache_dir` the frame cache is built inside the first epoch's time; None where the code has no cache.
+    With `cache_dir` the frame cache is built inside the first epoch's time; None where the code has no cache
+    (or, with `on_device`, no device augmentation).
     """
     from fastyolo.train.data import ResumableSampler, YoloDataset
     from fastyolo.train.engine import _batch_to, _loader
 
     aspect = train_default("aspect")
     started = time.perf_counter()
+    augmenter = None
     if cache_dir is None:
         dataset, label = YoloDataset(train, augment=True, seed=SEED, aspect=aspect), "cache off (decode every step)"
     else:
@@ -226,12 +230,19 @@ def data_epochs(train: Sequence, device: torch.device, batch: int, workers: int,
         if built is None:
             return None
         cache, mode = built
+        extra = {}
+        if on_device:
+            try:
+                from fastyolo.train.device_augment import DeviceAugmenter
+            except ImportError:
+                return None
+            augmenter, extra = DeviceAugmenter(cache.large, device), {"augment_on_device": True}
         try:
-            dataset = YoloDataset(train, augment=True, seed=SEED, aspect=aspect, cache=cache)
+            dataset = YoloDataset(train, augment=True, seed=SEED, aspect=aspect, cache=cache, **extra)
         except TypeError as exc:
             print(f"  cached row skipped: YoloDataset(cache=) failed: {exc}", flush=True)
             return None
-        label = f"cached ({mode})"
+        label = f"cached ({mode})" + (f", augmented on the {device.type}" if on_device else "")
     sampler = ResumableSampler(len(dataset), shuffle=True, seed=SEED)
     loader = _loader(dataset, batch, workers, device, sampler)
     seconds = []
@@ -239,7 +250,8 @@ def data_epochs(train: Sequence, device: torch.device, batch: int, workers: int,
         dataset.set_epoch(epoch)
         sampler.set_epoch(epoch, augment=True)
         for batch_items in loader:
-            _batch_to(device, batch_items)  # to the device, as the step receives it (normalised there, where it is)
+            # to the device, as the step receives it (normalised there; augmented there with on_device)
+            _batch_to(device, batch_items, False, *([augmenter] if augmenter is not None else []))
         sync(device)
         now = time.perf_counter()
         seconds.append(now - started)
@@ -252,14 +264,14 @@ def measure_data(train: Sequence, device: torch.device, batch: int, epochs: int,
                  tmp: Path) -> list[Row]:
     workers = default_workers()
     rows = []
-    for cached in (False, True):
+    for cached, on_device in ((False, False), (True, False), (True, True)):
         first, steady, label = [], [], ""
         for r in range(rounds):
-            what = "cached" if cached else "cache off"
+            what = ("cached" if cached else "cache off") + (", augmented on the device" if on_device else "")
             print(f"[data] {device.type}: DataLoader, {what}, batch {batch}, {workers} workers, {epochs} epochs"
                   f" (round {r + 1}/{rounds})", flush=True)
             cache_dir = Path(tempfile.mkdtemp(prefix="cache-", dir=tmp)) if cached else None
-            result = data_epochs(train, device, batch, workers, epochs, cache_dir)
+            result = data_epochs(train, device, batch, workers, epochs, cache_dir, on_device)
             if cache_dir is not None:
                 shutil.rmtree(cache_dir, ignore_errors=True)
             if result is None:
@@ -309,12 +321,14 @@ def step_variants(device: torch.device) -> list[tuple[str, torch.dtype | None, b
 def step_seconds(backbone: str, device: torch.device, batch: int, steps: int, targets: tuple[torch.Tensor, ...],
                  dtype: torch.dtype | None, channels_last: bool) -> float:
     """Median seconds of one training step (after WARMUP_STEPS untimed ones)."""
+    from fastyolo.train.engine import prepare_device
     from fastyolo.train.loss import yolo_loss
     from fastyolo.train.model import YoloNet
     from fastyolo.train.schedule import make_optimizer
 
     from fastyolo.layout import INPUT_SIZE
 
+    prepare_device(device)  # as a training run sets it up (cuDNN autotuning on CUDA)
     torch.manual_seed(SEED)
     model = YoloNet(backbone).to(device).train()
     images = torch.randn(batch, 3, INPUT_SIZE, INPUT_SIZE, device=device)
@@ -474,6 +488,8 @@ def loop_variants(sides: list[Side]) -> list[tuple[str, Side, list[str]]]:
         variants.append(("after, --amp off", after, ["--amp", "off"]))
     if "--cache" in after.options:
         variants.append(("after, --cache off", after, ["--cache", "off"]))
+    if "--augment-on" in after.options:
+        variants.append(("after, --augment-on device", after, ["--augment-on", "device"]))
     return variants
 
 
@@ -532,6 +548,12 @@ def measure_loop(sides: list[Side], data: Path, n_train: int, backbone: str, dev
         if inside[label]:
             note += f"; epochs {statistics.median(inside[label]):.1f} s of the wall time"
         rows.append(Row(device, backbone, "loop", what, statistics.median(rates[label]), None, rates[label], note))
+        if inside[label]:
+            # What a long run converges to: the epochs' own seconds (steps, BatchNorm pass, validation) without
+            # the start-up (imports, CUDA, frame cache) and exit that a 5-epoch run cannot amortise.
+            epoch_rates = [epochs * n_train / t for t in inside[label]]
+            rows.append(Row(device, backbone, "loop", f"epochs of the loop, {label}", statistics.median(epoch_rates),
+                            None, epoch_rates, "metrics.jsonl seconds: start-up, cache build and exit excluded"))
     return rows
 
 
@@ -622,6 +644,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"data: {args.data} ({len(train)} training frames after --val-split {VAL_SPLIT}); "
           f"measuring {', '.join(args.only)}", flush=True)
     rows: list[Row] = []
+    machine = {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "cpu_bf16": cpu_bf16(), "torch": torch.__version__,
+               "threads": torch.get_num_threads(), "before": args.before,
+               "cuda": torch.cuda.get_device_name() if "cuda" in args.devices else None}
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in ("data", "json")}
+
+    def save() -> None:
+        """Every row so far to --json: a run cut short (a time limit) keeps what it measured."""
+        if args.json:
+            args.json.write_text(json.dumps({"machine": machine, "settings": settings | {"batches": batches},
+                                             "rows": [asdict(r) for r in rows]}, indent=1) + "\n")
+
     with tempfile.TemporaryDirectory(prefix="train_speed-") as name:
         tmp = Path(name)
         sides = []
@@ -631,23 +664,20 @@ def main(argv: list[str] | None = None) -> int:
             dev = torch.device(device)
             if "data" in args.only:
                 rows += measure_data(train, dev, batches[device], args.epochs, args.rounds, tmp)
+                save()
             for backbone in args.backbones:
                 if "step" in args.only:
                     rows += measure_step(train, backbone, dev, batches[device], args.steps, args.rounds)
+                    save()
                 if "loop" in args.only:
                     rows += measure_loop(sides, args.data, len(train), backbone, device, args.epochs,
                                          batches[device], args.rounds, tmp)
+                    save()
     report(rows, args.devices, args.backbones, batches)
     if args.json:
-        machine = {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "cpu_bf16": cpu_bf16(), "torch": torch.__version__,
-                   "threads": torch.get_num_threads(), "before": args.before,
-                   "cuda": torch.cuda.get_device_name() if "cuda" in args.devices else None}
-        settings = {k: v for k, v in vars(args).items() if k not in ("data", "json")} | {"batches": batches}
-        args.json.write_text(json.dumps({"machine": machine, "settings": settings,
-                                         "rows": [asdict(r) for r in rows]}, indent=1) + "\n")
+        save()
         print(f"\nrows written to {args.json}")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
