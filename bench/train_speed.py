@@ -19,8 +19,11 @@ Three measurements, for each device (cpu, and cuda when torch sees a GPU) and ba
           validation, checkpoints and curves included. images/s = E * training frames / wall seconds.
           "before" runs the same command on the code of --before (a git worktree of that revision,
           put together as the installed package would be), "after" on this checkout; the ratio line
-          compares them. When this checkout's `fastyolo train` has --amp / --cache, "after, --amp off"
-          and "after, --cache off" rows show what each contributes.
+          compares them. When this checkout's `fastyolo train` has --amp / --cache / --augment-on,
+          "after, --amp off", "after, --cache off" and "after, --augment-on device" rows show what each
+          contributes. "epochs of the loop" rows divide by the epochs' own seconds instead (metrics.jsonl:
+          what a long run converges to, without start-up and exit), split into the steps, the BatchNorm
+          pass, validation's forward passes and its mAP.
 
     python bench/train_speed.py                                   # everything: minutes to an hour on a CPU
     python bench/train_speed.py --backbones resnet18 --only loop  # before/after of the whole loop only
@@ -493,9 +496,20 @@ def loop_variants(sides: list[Side]) -> list[tuple[str, Side, list[str]]]:
     return variants
 
 
+EPOCH_PARTS = ("steps", "bn", "val", "map")  # metrics.jsonl seconds_<part>, where the code reports them
+
+
+def epoch_parts(rows: list[dict[str, Any]]) -> str:
+    """Median seconds of each part of an epoch (metrics.jsonl seconds_*), after the first epoch (warm-up)."""
+    later = rows[1:] or rows
+    found = [(part, [r[f"seconds_{part}"] for r in later if f"seconds_{part}" in r]) for part in EPOCH_PARTS]
+    return ", ".join(f"{part} {statistics.median(values):.3f}" for part, values in found if values)
+
+
 def loop_seconds(side: Side, extra: list[str], data: Path, backbone: str, device: str, epochs: int, batch: int,
-                 tmp: Path) -> tuple[float, float | None]:
-    """Wall seconds of one whole `fastyolo train` run, and the seconds its epochs reported (metrics.jsonl)."""
+                 tmp: Path) -> tuple[float, float | None, str]:
+    """Wall seconds of one whole `fastyolo train` run, the seconds its epochs reported (metrics.jsonl) and
+    the median split of an epoch's seconds (epoch_parts; empty where the code does not report it)."""
     run_dir = Path(tempfile.mkdtemp(prefix=f"loop-{side.name}-", dir=tmp))
     args = ["cli", "train", "--data", str(data), "--out", str(run_dir / "run"), "--backbone", backbone,
             "--epochs", str(epochs), "--batch", str(batch), "--device", device, "--val-split", str(VAL_SPLIT),
@@ -511,7 +525,7 @@ def loop_seconds(side: Side, extra: list[str], data: Path, backbone: str, device
         check_side(side, output)
         metrics = run_dir / "run" / "metrics.jsonl"
         rows = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.is_file() else []
-        return wall, sum(row.get("seconds", 0.0) for row in rows) if rows else None
+        return wall, sum(row.get("seconds", 0.0) for row in rows) if rows else None, epoch_parts(rows)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
 
@@ -521,6 +535,7 @@ def measure_loop(sides: list[Side], data: Path, n_train: int, backbone: str, dev
     variants = loop_variants(sides)
     rates: dict[str, list[float]] = {label: [] for label, _, _ in variants}
     inside: dict[str, list[float]] = {label: [] for label, _, _ in variants}
+    parts: dict[str, str] = {}
     failed: dict[str, str] = {}
     for r in range(rounds):  # before and after alternate, so a drifting machine affects both alike
         for label, side, extra in variants:
@@ -529,7 +544,7 @@ def measure_loop(sides: list[Side], data: Path, n_train: int, backbone: str, dev
             print(f"[loop] {device} {backbone}: fastyolo train ({label}), {epochs} epochs, batch {batch} "
                   f"(round {r + 1}/{rounds})", flush=True)
             try:
-                wall, in_epochs = loop_seconds(side, extra, data, backbone, device, epochs, batch, tmp)
+                wall, in_epochs, parts[label] = loop_seconds(side, extra, data, backbone, device, epochs, batch, tmp)
             except RuntimeError as exc:
                 print(f"  {label} failed: {exc}", flush=True)
                 failed[label] = str(exc).splitlines()[0]
@@ -537,7 +552,8 @@ def measure_loop(sides: list[Side], data: Path, n_train: int, backbone: str, dev
             rates[label].append(epochs * n_train / wall)
             if in_epochs is not None:
                 inside[label].append(in_epochs)
-            print(f"  {wall:.1f} s wall, {epochs * n_train / wall:.2f} img/s", flush=True)
+            print(f"  {wall:.1f} s wall, {epochs * n_train / wall:.2f} img/s"
+                  + (f"; an epoch's seconds: {parts[label]}" if parts[label] else ""), flush=True)
     rows = []
     for label, _, _ in variants:
         what = f"whole loop, {label}"
@@ -552,8 +568,9 @@ def measure_loop(sides: list[Side], data: Path, n_train: int, backbone: str, dev
             # What a long run converges to: the epochs' own seconds (steps, BatchNorm pass, validation) without
             # the start-up (imports, CUDA, frame cache) and exit that a 5-epoch run cannot amortise.
             epoch_rates = [epochs * n_train / t for t in inside[label]]
+            split = f"; an epoch (last round, median after the first): {parts[label]} s" if parts.get(label) else ""
             rows.append(Row(device, backbone, "loop", f"epochs of the loop, {label}", statistics.median(epoch_rates),
-                            None, epoch_rates, "metrics.jsonl seconds: start-up, cache build and exit excluded"))
+                            None, epoch_rates, f"metrics.jsonl seconds: start-up, cache build and exit excluded{split}"))
     return rows
 
 

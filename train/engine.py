@@ -540,8 +540,14 @@ class _Run:
     def end_epoch(self, epoch: int, sums: dict[str, float], started: float) -> dict[str, Any]:
         """BatchNorm statistics, validation, checkpoints, metrics and curves after an epoch; returns its row."""
         config = self.config
+        # Where an epoch's time goes (metrics.jsonl seconds_*): the steps (train_epoch ends with a read of the
+        # loss, which waits for the device), the BatchNorm pass, validation's forward passes, its mAP.
+        clock = {"steps": time.perf_counter()}
         if self.bn_loader is not None and epoch < round(config.freeze_bn * config.epochs):
             recalibrate_batchnorm(self.model, self.bn_loader, self.device, self.precision)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            clock["bn"] = time.perf_counter()
         row: dict[str, Any] = {"epoch": epoch + 1, "lr": self.scheduler.get_last_lr()[0]}
         images_seen = max(sums["images"], 1.0)
         row.update({f"train_{k}": sums[k] / images_seen for k in ("loss", *LOSS_PARTS)})
@@ -550,11 +556,17 @@ class _Run:
         row["processes"] = self.ddp.world_size
         if self.val_loader is not None and ((epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs):
             grids, val_loss = predict(self.model, self.val_loader, self.device, self.precision)
+            clock["val"] = time.perf_counter()
             metrics = evaluate_grids(grids, self.val_samples, config.min_size)
+            clock["map"] = time.perf_counter()
             row.update({f"val_{k}": v for k, v in val_loss.items()})
             row["val_map50"] = metrics["map50"]
             row["val_map50_95"] = metrics["map50_95"]
         row["seconds"] = round(time.perf_counter() - started, 2)
+        previous = started
+        for part, at in clock.items():
+            row[f"seconds_{part}"] = round(at - previous, 3)
+            previous = at
         self.history.append(row)
         if self.ddp.main:
             current = row.get("val_map50")
