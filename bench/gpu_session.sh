@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The prepared checks for the next lent GPU, in one device call (about 6 minutes on an H100/H200):
+# The prepared checks for the next lent GPU, in one device call (about 7 minutes on an H100/H200):
 #   1. issue 11's GPU target: bench/train_speed.py on CUDA (data pipeline with and without device
 #      augmentation, the step in fp32/bf16/fp16, and the whole `fastyolo train` loop: default,
 #      --amp off, --cache off, --augment-on device) for ResNet-18 and -50 at batch 64 on 1,050 frames
 #      (kitti_tiny listed 14 times), 10 epochs;
-#   2. issue 9's kernels: bench/gpu_check.py (kernels against the reference on hardware, timings, FPS).
+#   2. bench/train_sync_check.py: does the training step make the host wait for the GPU (sync debug mode)?
+#   3. issue 9's kernels: bench/gpu_check.py (kernels against the reference on hardware, timings, FPS).
 #
 # ../shared does not travel to the device machine, so first copy the frames into the (git-ignored) .device/:
 #   mkdir -p .device && cp -r ../shared/data/kitti_tiny .device/
@@ -24,24 +25,32 @@ fi
 
 if [ "${DRY_RUN:-0}" = 1 ]; then
   speed=(--devices cpu --backbones resnet18 --repeat 2 --epochs 2 --steps 1 --batch 8 --before none)
+  sync=(--device cpu --backbone resnet18)
   check=(--simulate)
   export NUMBA_ENABLE_CUDASIM=1
 else
-  speed=(--devices cuda --repeat 14 --epochs 10 --before none)
-  check=(--budget 100)
+  speed=(--devices cuda --backbones resnet50 resnet18 --repeat 14 --epochs 10 --before none)
+  sync=(--device cuda)
+  check=(--budget 90)
   pip install -q --no-deps --no-build-isolation -e . >"$OUT/install.log" 2>&1 \
     || echo "gpu_session: editable install failed (see install.log); gpu_check imports the checkout directly"
   nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1
 fi
 
 started=$(date +%s)
-timeout 420 python bench/train_speed.py --data "$DATA" "${speed[@]}" --json "$OUT/train_speed_gpu.json" \
+timeout 80 python bench/train_sync_check.py --data "$DATA" "${sync[@]}" --json "$OUT/train_sync_check.json" \
+  >"$OUT/train_sync_check.log" 2>&1
+echo "train_sync_check: exit $? after $(( $(date +%s) - started )) s"
+tail -3 "$OUT/train_sync_check.log"
+
+started=$(date +%s)
+timeout 370 python bench/train_speed.py --data "$DATA" "${speed[@]}" --json "$OUT/train_speed_gpu.json" \
   >"$OUT/train_speed_gpu.log" 2>&1
 echo "train_speed: exit $? after $(( $(date +%s) - started )) s"
 sed -n '/^== /,$p' "$OUT/train_speed_gpu.log" | tail -60
 tail -5 "$OUT/train_speed_gpu.log" | grep -iE "error|failed|Traceback" || true
 
 started=$(date +%s)
-timeout 140 python bench/gpu_check.py "${check[@]}" --json "$OUT/gpu_check.json" >"$OUT/gpu_check.log" 2>&1
+timeout 110 python bench/gpu_check.py "${check[@]}" --json "$OUT/gpu_check.json" >"$OUT/gpu_check.log" 2>&1
 echo "gpu_check: exit $? after $(( $(date +%s) - started )) s"
 tail -15 "$OUT/gpu_check.log"

@@ -79,21 +79,25 @@ class DeviceAugmenter:
             return f"{self.frames.nbytes / 2**20:,.0f} MiB of frames on the {self.device.type}"
         return "frames copied from the host per batch"
 
-    def _gather(self, rows: torch.Tensor) -> torch.Tensor:
-        if self.frames is not None:
-            return self.frames[rows.to(self.device)]
-        picked = torch.from_numpy(np.ascontiguousarray(self.host[rows.numpy()]))
+    def _host_frames(self, rows: torch.Tensor) -> torch.Tensor:
+        """The rows' square copies gathered on the host and sent to the device (pinned: the copy does not wait
+        for the work already queued there)."""
+        picked = torch.from_numpy(np.ascontiguousarray(self.host[rows.long().numpy()]))
         if self.device.type == "cuda":
             picked = picked.pin_memory()
         return picked.to(self.device, non_blocking=True)
 
     def __call__(self, warp: torch.Tensor) -> torch.Tensor:
-        """(N, len(WARP_FIELDS)) float64 rows (on the host) -> (N, out_size, out_size, 3) uint8 RGB on the device."""
+        """(N, len(WARP_FIELDS)) float64 rows on the host (pinned by the DataLoader on CUDA) -> (N, out_size,
+        out_size, 3) uint8 RGB on the device. Nothing here waits for the device: every copy to it is from pinned
+        memory and nothing comes back, so the host goes on queueing the step."""
         if warp.ndim != 2 or warp.shape[1] != len(WARP_FIELDS) or bool((warp[:, 0] < 0).any()):
             raise ValueError(f"DeviceAugmenter needs (N, {len(WARP_FIELDS)}) warp rows of cached frames")
-        square = self._gather(warp[:, 0].long()).permute(0, 3, 1, 2).float()  # (N, 3, L, L) BGR
-        params = warp[:, 1:].to(self.device, torch.float32, non_blocking=True)
-        scale_x, shift_x, scale_y, shift_y, saturation, value, flip = params.unbind(1)
+        on_device = warp.to(self.device, non_blocking=True)
+        resident = self.frames is not None
+        square = self.frames[on_device[:, 0].long()] if resident else self._host_frames(warp[:, 0])
+        square = square.permute(0, 3, 1, 2).float()  # (N, 3, L, L) BGR
+        scale_x, shift_x, scale_y, shift_y, saturation, value, flip = on_device[:, 1:].float().unbind(1)
         # Output pixel centre u + 0.5 -> square-copy coordinate (u + 0.5 - shift) / scale -> grid_sample's
         # [-1, 1] (align_corners=False: -1 and 1 are the outer edges of the first and last pixels).
         gx = ((self._centres - shift_x[:, None]) / scale_x[:, None]) * (2.0 / self.side) - 1.0  # (N, S)
@@ -103,7 +107,8 @@ class DeviceAugmenter:
         image = F.grid_sample(square, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         image = jitter_saturation_value(image.round(), saturation, value)  # rounded first, as augment_square's uint8
         image = torch.where(flip.view(-1, 1, 1, 1) > 0.5, image.flip(-1), image)
-        image = image[:, [2, 1, 0]].round_().clamp_(0, 255).to(torch.uint8)  # BGR -> RGB
+        # BGR -> RGB by flipping the channel axis (a list index would be copied to the GPU, and wait for it)
+        image = image.flip(1).round_().clamp_(0, 255).to(torch.uint8)
         return image.permute(0, 2, 3, 1)
 
 
