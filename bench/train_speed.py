@@ -313,25 +313,29 @@ def real_targets(train: Sequence, batch: int, device: torch.device) -> tuple[tor
     return tuple(torch.stack([item[k] for item in items])[index].to(device) for k in (1, 2, 3))
 
 
-def step_variants(device: torch.device) -> list[tuple[str, torch.dtype | None, bool]]:
+def step_variants(device: torch.device) -> list[tuple[str, torch.dtype | None, bool, bool]]:
+    """(label, autocast dtype, channels_last, cudnn.benchmark) of each measured step."""
     precisions: list[tuple[str, torch.dtype | None]] = [("fp32", None), ("bf16 autocast", torch.bfloat16)]
     if device.type == "cuda":
         precisions.append(("fp16 autocast + GradScaler", torch.float16))
-    return [(f"{name}{', channels_last' if last else ''}", dtype, last)
-            for name, dtype in precisions for last in (False, True)]
+    variants = [(f"{name}{', channels_last' if last else ''}", dtype, last, False)
+                for name, dtype in precisions for last in (False, True)]
+    if device.type == "cuda":
+        # Training leaves cuDNN's autotuning off (its first steps cost seconds); this row says what it would give.
+        variants.append(("bf16 autocast, channels_last, cudnn.benchmark", torch.bfloat16, True, True))
+    return variants
 
 
 def step_seconds(backbone: str, device: torch.device, batch: int, steps: int, targets: tuple[torch.Tensor, ...],
-                 dtype: torch.dtype | None, channels_last: bool) -> float:
+                 dtype: torch.dtype | None, channels_last: bool, benchmark: bool = False) -> float:
     """Median seconds of one training step (after WARMUP_STEPS untimed ones)."""
-    from fastyolo.train.engine import prepare_device
     from fastyolo.train.loss import yolo_loss
     from fastyolo.train.model import YoloNet
     from fastyolo.train.schedule import make_optimizer
 
     from fastyolo.layout import INPUT_SIZE
 
-    prepare_device(device)  # as a training run sets it up (cuDNN autotuning on CUDA)
+    torch.backends.cudnn.benchmark = benchmark
     torch.manual_seed(SEED)
     model = YoloNet(backbone).to(device).train()
     images = torch.randn(batch, 3, INPUT_SIZE, INPUT_SIZE, device=device)
@@ -358,6 +362,7 @@ def step_seconds(backbone: str, device: torch.device, batch: int, steps: int, ta
             scaler.update()
         sync(device)
         times.append(time.perf_counter() - started)
+    torch.backends.cudnn.benchmark = False  # torch's default, as training runs
     return statistics.median(times[WARMUP_STEPS:])
 
 
@@ -380,13 +385,13 @@ def measure_step(train: Sequence, backbone: str, device: torch.device, batch: in
                  rounds: int) -> list[Row]:
     targets = real_targets(train, batch, device)
     rows = []
-    for what, dtype, last in step_variants(device):
+    for what, dtype, last, benchmark in step_variants(device):
         rates, failure = [], ""
         for r in range(rounds):
             print(f"[step] {device.type} {backbone}: {what}, batch {batch}, {steps} steps (round {r + 1}/{rounds})",
                   flush=True)
             try:
-                rates.append(batch / step_seconds(backbone, device, batch, steps, targets, dtype, last))
+                rates.append(batch / step_seconds(backbone, device, batch, steps, targets, dtype, last, benchmark))
             except (RuntimeError, NotImplementedError) as exc:
                 failure = f"n/a: {str(exc).strip().splitlines()[0][:100] if str(exc).strip() else type(exc).__name__}"
                 break

@@ -84,14 +84,6 @@ def pick_device(name: str, ddp: Distributed) -> torch.device:
     return torch.device("cpu")
 
 
-def prepare_device(device: torch.device) -> None:
-    """Settings a training run makes for its device. On CUDA, cuDNN times its convolution algorithms once per
-    input shape and keeps the fastest (every training batch has the same shape, but the last); fp32 stays fp32
-    (no TF32: --amp off means what it says)."""
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-
-
 def split_samples(samples: Sequence[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
     """A seeded random split into (train, val) with round(fraction * n) validation frames."""
     if not 0.0 <= fraction < 1.0:
@@ -380,7 +372,6 @@ class _Run:
                  ddp: Distributed, resume: bool, say: Callable[[str], None]):
         self.config, self.ddp, self.say, self.val_samples = config, ddp, say, val_samples
         self.device = device = pick_device(config.device, ddp)
-        prepare_device(device)
         self.out = Path(config.out)
         if ddp.main:
             self.out.mkdir(parents=True, exist_ok=True)
