@@ -17,11 +17,12 @@ from fastyolo.train.augment import augment_square, jitter_hsv  # noqa: E402
 from fastyolo.train.cache import build_cache  # noqa: E402
 from fastyolo.train.data import ResumableSampler, YoloDataset  # noqa: E402
 from fastyolo.train.device_augment import NO_WARP, DeviceAugmenter, jitter_saturation_value  # noqa: E402
-from fastyolo.train.engine import _batch_to, _loader, to_network_input  # noqa: E402
+from fastyolo.train.engine import _batch_to, _loader, pick_augment_on, to_network_input  # noqa: E402
 from test_train import assert_same_weights, model_state, train_args  # noqa: E402
 
 from fastyolo.cli import main as cli  # noqa: E402
 from fastyolo.datasets import load_dataset  # noqa: E402
+from fastyolo.errors import FastYoloError  # noqa: E402
 from fastyolo.layout import INPUT_SIZE  # noqa: E402
 
 FRAMES = 12
@@ -139,3 +140,13 @@ def test_resume_with_device_augmentation_equals_uninterrupted(kitti_dir: Path, t
     assert cli([*train_args(data, run), "--resume"]) == 0
     assert "augmented on the cpu" in capsys.readouterr().out  # the run kept its --augment-on
     assert_same_weights(model_state(run), model_state(tmp_path / "whole"))
+
+
+def test_augment_on_resolves_to_workers_unless_asked():
+    assert pick_augment_on("auto", True, True) == "workers"  # until a GPU measures the device faster
+    assert pick_augment_on("device", True, True) == "device"
+    assert pick_augment_on("device", False, False) == "workers"  # nothing to augment: no cache needed
+    with pytest.raises(FastYoloError, match="drop --cache off"):
+        pick_augment_on("device", True, False)
+    with pytest.raises(FastYoloError, match="unknown --augment-on"):
+        pick_augment_on("gpu", True, True)
