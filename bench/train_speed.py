@@ -254,7 +254,7 @@ def data_epochs(train: Sequence, device: torch.device, batch: int, workers: int,
         sampler.set_epoch(epoch, augment=True)
         for batch_items in loader:
             # to the device, as the step receives it (normalised there; augmented there with on_device)
-            _batch_to(device, batch_items, False, *([augmenter] if augmenter is not None else []))
+            _batch_to(device, batch_items, False, augmenter)
         sync(device)
         now = time.perf_counter()
         seconds.append(now - started)

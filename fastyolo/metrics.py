@@ -26,6 +26,7 @@ import numpy as np
 
 from fastyolo.datasets import Sample
 from fastyolo.detections import Detections
+from fastyolo.errors import MissingDependencyError
 from fastyolo.layout import CLASS_NAMES, CLASSES, INPUT_SIZE
 
 VOC_IOU = 0.5
@@ -153,11 +154,21 @@ def coco_precision_summary(precision: np.ndarray) -> tuple[float | None, list[fl
     return overall, per_class
 
 
+def require_coco_eval() -> None:
+    """Stop with one line, before any work, where faster-coco-eval (a dependency, which the mAP needs) is missing."""
+    try:
+        import faster_coco_eval  # noqa: F401
+    except ImportError:
+        raise MissingDependencyError("the mAP needs faster-coco-eval, a fastyolo dependency: "
+                                     "pip install 'faster-coco-eval>=1.6'") from None
+
+
 def coco_ap(
     predictions: Sequence[Detections], truths: Sequence[Truth], ignore: Sequence[np.ndarray],
     sizes: Sequence[tuple[int, int]] | None = None,
 ) -> tuple[float | None, list[float | None]]:
     """COCO mAP@[.5:.95] and per-class AP with faster-coco-eval."""
+    require_coco_eval()
     from faster_coco_eval import COCO, COCOeval_faster
 
     gt, results = coco_inputs(predictions, truths, ignore, sizes)

@@ -94,6 +94,13 @@ def test_eval_errors_are_one_line(kitti_dir: Path, tmp_path: Path, capsys, monke
     assert "needs torch" in err and "fastyolo[train]" in err and len(err.strip().splitlines()) == 1
 
 
+def test_eval_without_faster_coco_eval_is_one_line(untrained_r18: Path, kitti_dir: Path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "faster_coco_eval", None)  # not installed
+    assert main(["eval", str(untrained_r18), "--data", str(kitti_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "needs faster-coco-eval" in err and len(err.strip().splitlines()) == 1
+
+
 def test_eval_side_never_imports_torch():
     import subprocess
 

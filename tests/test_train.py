@@ -251,6 +251,15 @@ def test_bad_options_are_one_line(resume_data: Path, tmp_path: Path, capsys, ext
     assert not (tmp_path / "run").exists()  # nothing written
 
 
+def test_missing_map_dependency_is_one_line_before_training(resume_data: Path, tmp_path: Path, capsys, monkeypatch):
+    """Validation's mAP needs faster-coco-eval: without it, one line before any frame is decoded or step taken."""
+    monkeypatch.setitem(sys.modules, "faster_coco_eval", None)  # what a missing package looks like to import
+    assert cli(train_args(resume_data, tmp_path / "run")) == 2
+    err = capsys.readouterr().err
+    assert "needs faster-coco-eval" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
 def test_unwritable_out_is_one_line(resume_data: Path, tmp_path: Path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")

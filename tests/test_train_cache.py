@@ -167,3 +167,27 @@ def test_bf16_autocast_outputs_fp32_close_to_fp32(samples):
             mixed = model(images)
     assert mixed.dtype == torch.float32
     assert (mixed - reference).abs().max() < 0.05
+
+
+def test_workers_start_from_a_forkserver_once_an_inference_runtime_is_loaded(monkeypatch):
+    """Forked DataLoader workers of a process that had run OpenVINO inference returned garbage batches or crashed
+    the test process (train/cache.py worker_start_method); such a process starts them from a forkserver."""
+    import multiprocessing
+    import sys
+
+    from fastyolo.train import cache as cache_module
+
+    if multiprocessing.get_all_start_methods()[0] != "fork":
+        pytest.skip("the platform does not fork by default")
+    monkeypatch.setattr(cache_module.multiprocessing, "get_start_method", lambda allow_none=False: None)
+    for name in cache_module.INFERENCE_RUNTIMES:
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    assert cache_module.worker_start_method() == "fork" and cache_module.worker_context(2) is None
+    monkeypatch.setitem(sys.modules, "openvino", object())
+    assert cache_module.worker_start_method() == "forkserver"
+    assert cache_module.worker_context(2).get_start_method() == "forkserver"
+    assert cache_module.worker_context(0) is None  # no workers, no processes
+    monkeypatch.setattr(cache_module.multiprocessing, "get_start_method", lambda allow_none=False: "fork")
+    assert cache_module.worker_start_method() == "forkserver"  # fork fixed by someone asking: still unsafe
+    monkeypatch.setattr(cache_module.multiprocessing, "get_start_method", lambda allow_none=False: "spawn")
+    assert cache_module.worker_start_method() == "spawn"  # chosen by the program: kept

@@ -32,7 +32,7 @@ from fastyolo.preprocess import resize_rgb
 
 class YoloDataset(Dataset):
     """Items: image (INPUT_SIZE, INPUT_SIZE, 3) uint8 RGB, target boxes, mask, classes, sample index, dropped
-    objects, warp (device_augment.WARP_FIELDS float64; row NO_WARP unless the device makes the pixels).
+    objects, warp (device_augment.WARP_FIELDS float32; row NO_WARP unless the device makes the pixels).
 
     The image is the network input before `normalize` (engine.to_network_input does that on the
     training device, the same float32 arithmetic): a quarter of the bytes through the DataLoader.

@@ -24,7 +24,8 @@ from fastyolo.train.augment import SquareDraw
 
 from fastyolo.layout import INPUT_SIZE
 
-# What a worker sends per augmented frame instead of its pixels (float64: exact cache rows and matrices).
+# What a worker sends per augmented frame instead of its pixels; float32: what the warp computes in (and exact for
+# cache rows below 2**24).
 WARP_FIELDS = ("row", "scale_x", "shift_x", "scale_y", "shift_y", "saturation", "value", "flip")
 NO_WARP = -1.0  # `row` of an item whose pixels travel as pixels (not augmented, or augmented by the worker)
 GPU_SHARE = 0.25  # keep the square copies on the GPU when they take at most this share of its free memory
@@ -33,11 +34,12 @@ GPU_SHARE = 0.25  # keep the square copies on the GPU when they take at most thi
 def warp_row(row: int, draw: SquareDraw) -> np.ndarray:
     """The WARP_FIELDS of one frame: its cache row and its draw."""
     m = draw.to_input
-    return np.array([row, m[0, 0], m[0, 2], m[1, 1], m[1, 2], draw.saturation, draw.value, float(draw.flip)])
+    return np.array([row, m[0, 0], m[0, 2], m[1, 1], m[1, 2], draw.saturation, draw.value, float(draw.flip)],
+                    np.float32)
 
 
 def no_warp() -> np.ndarray:
-    return np.array([NO_WARP] + [0.0] * (len(WARP_FIELDS) - 1))
+    return np.array([NO_WARP] + [0.0] * (len(WARP_FIELDS) - 1), np.float32)
 
 
 def jitter_saturation_value(rgb: torch.Tensor, saturation: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
@@ -60,6 +62,8 @@ class DeviceAugmenter:
         """large: (N, L, L, 3) uint8 BGR (a FrameCache's `large`, in memory or memory-mapped). resident: copy them
         all to the device once (None: on a GPU when they take at most GPU_SHARE of its free memory); otherwise
         each batch's frames are gathered on the host and copied."""
+        if len(large) >= 2**24:
+            raise ValueError(f"{len(large):,} frames: WARP_FIELDS' float32 rows are exact below 2**24")
         self.host, self.device, self.out_size = large, device, out_size
         self.side = large.shape[1]
         if resident is None:
@@ -88,7 +92,7 @@ class DeviceAugmenter:
         return picked.to(self.device, non_blocking=True)
 
     def __call__(self, warp: torch.Tensor) -> torch.Tensor:
-        """(N, len(WARP_FIELDS)) float64 rows on the host (pinned by the DataLoader on CUDA) -> (N, out_size,
+        """(N, len(WARP_FIELDS)) float32 rows on the host (pinned by the DataLoader on CUDA) -> (N, out_size,
         out_size, 3) uint8 RGB on the device. Nothing here waits for the device: every copy to it is from pinned
         memory and nothing comes back, so the host goes on queueing the step."""
         if warp.ndim != 2 or warp.shape[1] != len(WARP_FIELDS) or bool((warp[:, 0] < 0).any()):

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from fastyolo.train.cache import FrameCache, build_cache
+from fastyolo.train.cache import FrameCache, build_cache, worker_context
 from fastyolo.train.checkpoint import load_checkpoint, read_torch_file, rng_state, save_checkpoint, set_rng_state
 from fastyolo.train.config import AMP_MODES, AUGMENT_ON, TrainConfig
 from fastyolo.train.data import ResumableSampler, YoloDataset
@@ -272,6 +272,7 @@ def _loader(dataset: YoloDataset, batch: int, workers: int, device: torch.device
         generator=torch.Generator().manual_seed(0),
         # Workers live for the whole run: starting them every epoch cost more than a small epoch's steps.
         persistent_workers=workers > 0,
+        multiprocessing_context=worker_context(workers),  # forked, unless that is unsafe here
     )
 
 
@@ -371,6 +372,10 @@ class _Run:
     def __init__(self, config: TrainConfig, train_samples: Sequence[Sample], val_samples: Sequence[Sample],
                  ddp: Distributed, resume: bool, say: Callable[[str], None]):
         self.config, self.ddp, self.say, self.val_samples = config, ddp, say, val_samples
+        if ddp.main and len(val_samples):
+            from fastyolo.metrics import require_coco_eval
+
+            require_coco_eval()  # now, not after the frames are decoded and an epoch trained
         self.device = device = pick_device(config.device, ddp)
         self.out = Path(config.out)
         if ddp.main:

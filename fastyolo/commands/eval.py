@@ -108,8 +108,9 @@ def _dataset_files(data: Path) -> list[Path]:
 def run(args: argparse.Namespace) -> int:
     from fastyolo.datasets import load_dataset
     from fastyolo.detector import Detector
-    from fastyolo.metrics import evaluate, format_table, plot_pr_curves
+    from fastyolo.metrics import evaluate, format_table, plot_pr_curves, require_coco_eval
 
+    require_coco_eval()  # before a frame is evaluated, not after all of them
     if not args.model.is_file():
         raise ModelError(f"model file not found: {args.model}")
     _check(args)
