@@ -7,8 +7,12 @@
 #   2. bench/train_sync_check.py: does the training step make the host wait for the GPU (sync debug mode)?
 #   3. issue 9's kernels: bench/gpu_check.py (kernels against the reference on hardware, timings, FPS).
 #
-# ../shared does not travel to the device machine, so first copy the frames into the (git-ignored) .device/:
+# ../shared does not travel to the device machine, and that machine lacks faster-coco-eval (validation's mAP;
+# `fastyolo train` stops without it) and has no network: first put the frames and its Python 3.12 wheel into
+# the (git-ignored) .device/:
 #   mkdir -p .device && cp -r ../shared/data/kitti_tiny .device/
+#   pip download faster-coco-eval --no-deps --only-binary=:all: --python-version 3.12 \
+#     --platform manylinux_2_28_x86_64 -d .device/wheels
 # then, with the device tool: run  command "bash bench/gpu_session.sh"  carry [".device"]  timeout_s 590
 # and give the machine back. Results land in $OUT (train_speed_gpu.json/.log, gpu_check.json/.log).
 #
@@ -34,6 +38,12 @@ else
   check=(--budget 90)
   pip install -q --no-deps --no-build-isolation -e . >"$OUT/install.log" 2>&1 \
     || echo "gpu_session: editable install failed (see install.log); gpu_check imports the checkout directly"
+  if ls .device/wheels/*.whl >/dev/null 2>&1; then
+    pip install -q --no-deps --no-index .device/wheels/*.whl >>"$OUT/install.log" 2>&1 \
+      || echo "gpu_session: the carried wheels did not install (see install.log)"
+  fi
+  python -c "import faster_coco_eval" 2>/dev/null \
+    || echo "gpu_session: no faster-coco-eval: the whole-loop rows will fail (see the header for the wheel)"
   nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1
 fi
 
