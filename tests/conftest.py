@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import csv
+import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -94,3 +97,36 @@ def fastyolo_layout_onnx(path: Path) -> None:
     value = helper.make_tensor("v", TensorProto.FLOAT, [1, 11, 11, 13], np.zeros(11 * 11 * 13).tolist())
     node = helper.make_node("Constant", [], ["grid"], value=value)
     onnx.save(helper.make_model(helper.make_graph([node], "g", [inp], [out])), str(path))
+
+
+# Batches through 0 and 2 DataLoader worker processes, compared in a fresh interpreter: the test process has run
+# OpenVINO, where training reads its batches in-process instead (engine.safe_workers).
+_WORKER_BATCHES = """
+import json, sys
+import torch
+from fastyolo.datasets import load_dataset
+from fastyolo.train.cache import build_cache
+from fastyolo.train.data import ResumableSampler, YoloDataset
+from fastyolo.train.engine import _loader
+kitti, frames, on_device = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
+samples, _ = load_dataset(kitti)
+samples = samples[:frames]
+dataset = YoloDataset(samples, augment=True, seed=5, aspect=1.8, cache=build_cache(samples, mode="memory"),
+                      augment_on_device=on_device)
+batches, workers_used = {}, {}
+for workers in (0, 2):
+    sampler = ResumableSampler(len(dataset), shuffle=True, seed=5)
+    sampler.set_epoch(1)
+    loader = _loader(dataset, 3, workers, torch.device("cpu"), sampler)
+    batches[workers], workers_used[workers] = list(loader), loader.num_workers
+equal = all(torch.equal(a, b) for x, y in zip(batches[0], batches[2], strict=True) for a, b in zip(x, y, strict=True))
+print(json.dumps({"batches": len(batches[0]), "workers_used": workers_used[2], "equal": equal}))
+"""
+
+
+def worker_batches_equal(kitti_dir: Path, frames: int, on_device: bool) -> dict:
+    """Run _WORKER_BATCHES: {"batches", "workers_used" (the 2-worker loader's), "equal"}."""
+    done = subprocess.run([sys.executable, "-c", _WORKER_BATCHES, str(kitti_dir), str(frames), "1" if on_device else "0"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])

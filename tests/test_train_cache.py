@@ -12,10 +12,10 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="training needs the [train] extra (torch)")
 
-from conftest import tiny_dataset  # noqa: E402
+from conftest import tiny_dataset, worker_batches_equal  # noqa: E402
 from fastyolo.train.augment import augment, augment_square  # noqa: E402
 from fastyolo.train.cache import build_cache  # noqa: E402
-from fastyolo.train.data import ResumableSampler, YoloDataset  # noqa: E402
+from fastyolo.train.data import YoloDataset  # noqa: E402
 from fastyolo.train.engine import _loader, cpu_has_amx, pick_precision, to_network_input  # noqa: E402
 
 from fastyolo.cli import main as cli  # noqa: E402
@@ -86,19 +86,14 @@ def test_augmenting_the_cached_copy_keeps_boxes_and_matches_the_full_frame(sampl
             assert shifted > aligned, (i, epoch, aligned, shifted)
 
 
-def test_cached_augmentation_is_reproducible_in_any_worker(samples, cache):
+def test_cached_augmentation_is_reproducible_in_any_worker(samples, cache, kitti_dir: Path):
     """The images a seed and epoch give do not depend on the cache instance or on the worker process."""
     a = YoloDataset(samples, augment=True, seed=5, aspect=1.8, cache=cache)
     b = YoloDataset(samples, augment=True, seed=5, aspect=1.8, cache=build_cache(samples, mode="memory"))
     _items_equal(a[(3, 2, True)], b[(3, 2, True)])
     assert not torch.equal(a[(3, 2, True)][0], a[(3, 1, True)][0])  # another epoch, other draws
-    batches = {}
-    for workers in (0, 2):
-        sampler = ResumableSampler(len(a), shuffle=True, seed=5)
-        sampler.set_epoch(1)
-        batches[workers] = list(_loader(a, 3, workers, torch.device("cpu"), sampler))
-    for x, y in zip(batches[0], batches[2], strict=True):
-        _items_equal(x, y)
+    found = worker_batches_equal(kitti_dir, FRAMES, on_device=False)
+    assert found == {"batches": 3, "workers_used": 2, "equal": True}
 
 
 def test_disk_cache_is_reused_and_invalidated_when_an_image_changes(kitti_dir: Path, tmp_path: Path):
@@ -169,25 +164,20 @@ def test_bf16_autocast_outputs_fp32_close_to_fp32(samples):
     assert (mixed - reference).abs().max() < 0.05
 
 
-def test_workers_start_from_a_forkserver_once_an_inference_runtime_is_loaded(monkeypatch):
-    """Forked DataLoader workers of a process that had run OpenVINO inference returned garbage batches or crashed
-    the test process (train/cache.py worker_start_method); such a process starts them from a forkserver."""
-    import multiprocessing
+def test_training_reads_in_process_once_an_inference_runtime_is_loaded(samples, cache, monkeypatch):
+    """Worker processes crash a process that ran OpenVINO (engine.safe_workers): there the loaders read in-process,
+    and the run says so once."""
     import sys
 
-    from fastyolo.train import cache as cache_module
+    from fastyolo.train.engine import INFERENCE_RUNTIMES, safe_workers
 
-    if multiprocessing.get_all_start_methods()[0] != "fork":
-        pytest.skip("the platform does not fork by default")
-    monkeypatch.setattr(cache_module.multiprocessing, "get_start_method", lambda allow_none=False: None)
-    for name in cache_module.INFERENCE_RUNTIMES:
+    for name in INFERENCE_RUNTIMES:
         monkeypatch.delitem(sys.modules, name, raising=False)
-    assert cache_module.worker_start_method() == "fork" and cache_module.worker_context(2) is None
+    said: list[str] = []
+    assert safe_workers(2, said.append) == 2 and not said
+    dataset = YoloDataset(samples, cache=cache)
+    assert _loader(dataset, 4, 2, torch.device("cpu")).num_workers == 2
     monkeypatch.setitem(sys.modules, "openvino", object())
-    assert cache_module.worker_start_method() == "forkserver"
-    assert cache_module.worker_context(2).get_start_method() == "forkserver"
-    assert cache_module.worker_context(0) is None  # no workers, no processes
-    monkeypatch.setattr(cache_module.multiprocessing, "get_start_method", lambda allow_none=False: "fork")
-    assert cache_module.worker_start_method() == "forkserver"  # fork fixed by someone asking: still unsafe
-    monkeypatch.setattr(cache_module.multiprocessing, "get_start_method", lambda allow_none=False: "spawn")
-    assert cache_module.worker_start_method() == "spawn"  # chosen by the program: kept
+    assert safe_workers(2, said.append) == 0 and len(said) == 1 and "openvino is loaded" in said[0]
+    assert safe_workers(0, said.append) == 0 and len(said) == 1  # nothing to say without workers
+    assert _loader(dataset, 4, 2, torch.device("cpu")).num_workers == 0

@@ -24,7 +24,6 @@ import json
 import multiprocessing
 import os
 import shutil
-import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -43,36 +42,6 @@ LARGE = 384  # side of the augmentation copy, see the module docstring
 MEMORY_LIMIT = 4 << 30  # "auto" caches in RAM up to this many bytes
 SPAWN_MEMORY_LIMIT = 256 << 20  # ... where workers are spawned (each gets a copy), see build_cache
 VERSION = 1  # bump when what a cache file holds changes
-
-
-INFERENCE_RUNTIMES = ("openvino", "onnxruntime")  # their thread pools do not survive fork()
-
-
-def worker_start_method() -> str:
-    """How training's DataLoader workers start: the platform's default (fork on Linux: instant, and a memory cache
-    is shared, not copied), except in a process that has loaded an inference runtime. There forked workers are
-    unsafe: in the test process, after OpenVINO bf16 inference, batches from 2 forked workers differed from the
-    in-process ones (garbage floats) in 1 of 8 runs and a longer sequence crashed the process every time; with
-    forkserver workers it passed. So such processes (a notebook that detects, then trains) start them from a clean
-    forkserver, which costs ~3 s once per run on 2 cores. spawn or forkserver, where the program chose them, are
-    kept; fork is not (many libraries fix it just by asking for the start method)."""
-    # allow_none: asking must not fix the start method for the rest of the program
-    method = multiprocessing.get_start_method(allow_none=True) or multiprocessing.get_all_start_methods()[0]
-    if method == "fork" and any(name in sys.modules for name in INFERENCE_RUNTIMES):
-        return "forkserver"
-    return method
-
-
-def worker_context(workers: int) -> multiprocessing.context.BaseContext | None:
-    """The multiprocessing context for `workers` DataLoader workers (None: DataLoader's default, fork)."""
-    method = worker_start_method()
-    if workers == 0 or method == "fork":
-        return None
-    context = multiprocessing.get_context(method)
-    if method == "forkserver":
-        # The server imports what every worker needs once (torch, OpenCV, the dataset), not `__main__`.
-        context.set_forkserver_preload(["fastyolo.train.data"])
-    return context
 
 
 def default_cache_dir() -> Path:
@@ -158,9 +127,11 @@ def build_cache(samples: Sequence[Sample], *, mode: str = "auto", cache_dir: str
         return None
     size = len(samples) * _frame_bytes(large)
     if mode == "auto":
-        # Forked DataLoader workers share a memory cache; spawned ones (macOS, Windows, worker_start_method) get
-        # a pickled copy each, so there only small caches stay in memory and the rest is memory-mapped.
-        limit = MEMORY_LIMIT if worker_start_method() == "fork" else SPAWN_MEMORY_LIMIT
+        # Forked DataLoader workers share a memory cache; spawned ones (macOS, Windows) get a pickled
+        # copy each, so there only small caches stay in memory and the rest is memory-mapped.
+        # (allow_none: asking must not fix the start method for the rest of the program)
+        method = multiprocessing.get_start_method(allow_none=True) or multiprocessing.get_all_start_methods()[0]
+        limit = MEMORY_LIMIT if method == "fork" else SPAWN_MEMORY_LIMIT
         mode = "memory" if size <= limit else "disk"
     if mode == "memory":
         exact = np.empty((len(samples), INPUT_SIZE, INPUT_SIZE, 3), np.uint8)
@@ -199,5 +170,4 @@ def build_cache(samples: Sequence[Sample], *, mode: str = "auto", cache_dir: str
     return FrameCache(*_open(path, large), path=path)
 
 
-__all__ = ["CACHE_MODES", "INFERENCE_RUNTIMES", "LARGE", "FrameCache", "build_cache", "cache_key", "default_cache_dir",
-           "worker_context", "worker_start_method"]
+__all__ = ["CACHE_MODES", "LARGE", "FrameCache", "build_cache", "cache_key", "default_cache_dir"]

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from fastyolo.train.cache import FrameCache, build_cache, worker_context
+from fastyolo.train.cache import FrameCache, build_cache
 from fastyolo.train.checkpoint import load_checkpoint, read_torch_file, rng_state, save_checkpoint, set_rng_state
 from fastyolo.train.config import AMP_MODES, AUGMENT_ON, TrainConfig
 from fastyolo.train.data import ResumableSampler, YoloDataset
@@ -260,7 +261,28 @@ def evaluate_grids(grids: np.ndarray, samples: Sequence[Sample], min_size: float
     return evaluate(detections_from_grids(grids, sizes), list(samples), min_size=min_size)
 
 
+INFERENCE_RUNTIMES = ("openvino", "onnxruntime")  # see safe_workers
+
+
+def safe_workers(workers: int, say: Callable[[str], None] = print) -> int:
+    """`workers`, or 0 in a process that has loaded an inference runtime (a notebook that detected, then trains).
+
+    There worker processes are unsafe: after OpenVINO bf16 inference, a Python SIGCHLD handler (the one a
+    DataLoader with workers installs) plus child processes exiting crashed the process with SIGSEGV (3 of 3
+    runs; 0 of 3 with SIGCHLD left at its default), and batches from forked workers came back with garbage
+    floats (1 of 8 runs). `fastyolo train` loads neither runtime and keeps its workers.
+    """
+    loaded = [name for name in INFERENCE_RUNTIMES if name in sys.modules]
+    if workers and loaded:
+        say(f"{' and '.join(loaded)} is loaded in this process, where DataLoader worker processes crash it: "
+            "reading batches in this process instead (run training in its own process for --workers)")
+        return 0
+    return workers
+
+
 def _loader(dataset: YoloDataset, batch: int, workers: int, device: torch.device, sampler=None) -> DataLoader:
+    """The DataLoader of training, validation and the BatchNorm pass; `workers` as safe_workers allows."""
+    workers = safe_workers(workers, say=lambda _msg: None)
     return DataLoader(
         dataset,
         batch_size=batch,
@@ -272,7 +294,6 @@ def _loader(dataset: YoloDataset, batch: int, workers: int, device: torch.device
         generator=torch.Generator().manual_seed(0),
         # Workers live for the whole run: starting them every epoch cost more than a small epoch's steps.
         persistent_workers=workers > 0,
-        multiprocessing_context=worker_context(workers),  # forked, unless that is unsafe here
     )
 
 
@@ -407,6 +428,7 @@ class _Run:
         if ddp.world_size > 1:
             self.net = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[device.index] if device.type == "cuda" else None)
+        safe_workers(config.workers, self.say)  # says so once if the loaders below must read in this process
         val_set = YoloDataset(val_samples, augment=False, cache=val_cache)
         # Cached un-augmented frames are a copy each: worker processes would cost more than they save.
         val_workers = 0 if val_cache is not None else config.workers
