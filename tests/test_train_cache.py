@@ -178,6 +178,6 @@ def test_training_reads_in_process_once_an_inference_runtime_is_loaded(samples, 
     dataset = YoloDataset(samples, cache=cache)
     assert _loader(dataset, 4, 2, torch.device("cpu")).num_workers == 2
     monkeypatch.setitem(sys.modules, "openvino", object())
-    assert safe_workers(2, said.append) == 0 and len(said) == 1 and "openvino is loaded" in said[0]
+    assert safe_workers(2, said.append) == 0 and len(said) == 1 and "openvino loaded in this process" in said[0]
     assert safe_workers(0, said.append) == 0 and len(said) == 1  # nothing to say without workers
     assert _loader(dataset, 4, 2, torch.device("cpu")).num_workers == 0

@@ -261,7 +261,9 @@ def evaluate_grids(grids: np.ndarray, samples: Sequence[Sample], min_size: float
     return evaluate(detections_from_grids(grids, sizes), list(samples), min_size=min_size)
 
 
-INFERENCE_RUNTIMES = ("openvino", "onnxruntime")  # see safe_workers
+# Runtimes whose threads make worker processes unsafe (see safe_workers). onnxruntime is not one: a process that
+# had run it took 200 signals to a Python handler unharmed, where one that had run OpenVINO (fp32 or bf16) crashed.
+INFERENCE_RUNTIMES = ("openvino",)
 
 
 def safe_workers(workers: int, say: Callable[[str], None] = print) -> int:
@@ -274,7 +276,7 @@ def safe_workers(workers: int, say: Callable[[str], None] = print) -> int:
     """
     loaded = [name for name in INFERENCE_RUNTIMES if name in sys.modules]
     if workers and loaded:
-        say(f"{' and '.join(loaded)} is loaded in this process, where DataLoader worker processes crash it: "
+        say(f"{', '.join(loaded)} loaded in this process, where DataLoader worker processes crash it: "
             "reading batches in this process instead (run training in its own process for --workers)")
         return 0
     return workers
