@@ -217,8 +217,7 @@ def data_epochs(train: Sequence, device: torch.device, batch: int, workers: int,
                 cache_dir: Path | None, on_device: bool = False) -> tuple[list[float], str] | None:
     """Seconds of each epoch through the training DataLoader, and a label.
 
-    With `cache_dir` the frame cache is built inside the first epoch's time; None where the code has no cache
-    (or, with `on_device`, no device augmentation).
+    With `cache_dir` the frame cache is built inside the first epoch's time; None where the code has no cache.
     """
     from fastyolo.train.data import ResumableSampler, YoloDataset
     from fastyolo.train.engine import _batch_to, _loader
@@ -235,10 +234,8 @@ def data_epochs(train: Sequence, device: torch.device, batch: int, workers: int,
         cache, mode = built
         extra = {}
         if on_device:
-            try:
-                from fastyolo.train.device_augment import DeviceAugmenter
-            except ImportError:
-                return None
+            from fastyolo.train.device_augment import DeviceAugmenter
+
             augmenter, extra = DeviceAugmenter(cache.large, device), {"augment_on_device": True}
         try:
             dataset = YoloDataset(train, augment=True, seed=SEED, aspect=aspect, cache=cache, **extra)

@@ -56,6 +56,20 @@ def kitti_dir() -> Path:
     return _shared(KITTI_DIR, "real KITTI frames", (KITTI_DIR / "labels.csv").is_file())
 
 
+CACHED_FRAMES = 12  # kitti_tiny frames that the frame-cache and device-augmentation tests share
+
+
+@pytest.fixture(scope="session")
+def cached_frames(kitti_dir: Path) -> tuple[list, object]:
+    """The first CACHED_FRAMES kitti_tiny samples and their in-memory frame cache (train/cache.py), built once."""
+    from fastyolo.train.cache import build_cache
+
+    from fastyolo.datasets import load_dataset
+
+    samples = load_dataset(kitti_dir)[0][:CACHED_FRAMES]
+    return samples, build_cache(samples, mode="memory")
+
+
 @pytest.fixture(scope="session")
 def kitti_images(kitti_dir: Path) -> list[Path]:
     return sorted((kitti_dir / "images").glob("*.jpg"))

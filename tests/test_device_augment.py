@@ -14,14 +14,12 @@ torch = pytest.importorskip("torch", reason="training needs the [train] extra (t
 
 from conftest import tiny_dataset, worker_batches_equal  # noqa: E402
 from fastyolo.train.augment import augment_square, jitter_hsv  # noqa: E402
-from fastyolo.train.cache import build_cache  # noqa: E402
 from fastyolo.train.data import ResumableSampler, YoloDataset  # noqa: E402
 from fastyolo.train.device_augment import NO_WARP, DeviceAugmenter, jitter_saturation_value  # noqa: E402
 from fastyolo.train.engine import _batch_to, _loader, pick_augment_on, to_network_input  # noqa: E402
 from test_train import assert_same_weights, model_state, train_args  # noqa: E402
 
 from fastyolo.cli import main as cli  # noqa: E402
-from fastyolo.datasets import load_dataset  # noqa: E402
 from fastyolo.errors import FastYoloError  # noqa: E402
 from fastyolo.layout import INPUT_SIZE  # noqa: E402
 
@@ -32,14 +30,13 @@ CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
-def samples(kitti_dir: Path):
-    found, _ = load_dataset(kitti_dir)
-    return found[:FRAMES]
+def samples(cached_frames):
+    return cached_frames[0][:FRAMES]
 
 
 @pytest.fixture(scope="module")
-def cache(samples):
-    return build_cache(samples, mode="memory")
+def cache(cached_frames):
+    return cached_frames[1]  # rows 0..FRAMES-1 are `samples`
 
 
 def _differences(a: np.ndarray, b: np.ndarray) -> tuple[float, float, int]:

@@ -28,14 +28,13 @@ FRAMES = 8
 
 
 @pytest.fixture(scope="module")
-def samples(kitti_dir: Path):
-    found, _ = load_dataset(kitti_dir)
-    return found[:FRAMES]
+def samples(cached_frames):
+    return cached_frames[0][:FRAMES]
 
 
 @pytest.fixture(scope="module")
-def cache(samples):
-    return build_cache(samples, mode="memory")
+def cache(cached_frames):
+    return cached_frames[1]  # rows 0..FRAMES-1 are `samples`
 
 
 def _items_equal(a, b) -> None:
