@@ -3,13 +3,16 @@
 Three measurements, for each device (cpu, and cuda when torch sees a GPU) and backbone:
 
 1. data   the training DataLoader alone, built as training builds it (YoloDataset with augmentation,
-          ResumableSampler, engine._loader with the default worker count), iterated for --epochs
+          EpochBatches, engine._loader with the default worker count), iterated for --epochs
           epochs, each batch handed to the device as the step receives it (engine._batch_to). The first
           epoch (worker start-up, and the frame cache's build where the code has one) is reported apart
           from the steady epochs.
           Rows: frames decoded every step ("cache off") and, when fastyolo.train.cache exists, cached;
           and, where the code has --augment-on device, cached with the pixels made on the device
           (the workers only draw and build targets; train/device_augment.py warps on the device).
+          Every epoch comes from one DataLoader iteration, as training reads them; the "a new iteration
+          per epoch" row restarts it each epoch, as training did before (the step then waits at each
+          epoch's start for the workers' first batch).
 2. step   the training step alone on a synthetic batch already on the device: forward, yolo_loss,
           zero_grad, backward, optimizer step (the default AdamW); random images, targets of real
           kitti_tiny frames. fp32, bf16 autocast (fp16 + GradScaler on cuda), each also channels_last.
@@ -22,8 +25,8 @@ Three measurements, for each device (cpu, and cuda when torch sees a GPU) and ba
           compares them. When this checkout's `fastyolo train` has --amp / --cache / --augment-on,
           "after, --amp off", "after, --cache off" and "after, --augment-on device" rows show what each
           contributes. "epochs of the loop" rows divide by the epochs' own seconds instead (metrics.jsonl:
-          what a long run converges to, without start-up and exit), split into the steps, the BatchNorm
-          pass, validation's forward passes and its mAP.
+          what a long run converges to, without start-up and exit), split into the steps (and of them,
+          the wait for batches), the BatchNorm pass, validation's forward passes and its mAP.
 
     python bench/train_speed.py                                   # everything: minutes to an hour on a CPU
     python bench/train_speed.py --backbones resnet18 --only loop  # before/after of the whole loop only
@@ -214,12 +217,15 @@ def build_cache(train: Sequence, cache_dir: Path) -> tuple[Any, str] | None:
 
 
 def data_epochs(train: Sequence, device: torch.device, batch: int, workers: int, epochs: int,
-                cache_dir: Path | None, on_device: bool = False) -> tuple[list[float], str] | None:
+                cache_dir: Path | None, on_device: bool = False,
+                one_stream: bool = True) -> tuple[list[float], str] | None:
     """Seconds of each epoch through the training DataLoader, and a label.
 
     With `cache_dir` the frame cache is built inside the first epoch's time; None where the code has no cache.
+    one_stream: one DataLoader iteration for every epoch, as training reads it; else a new iteration of the
+    persistent workers per epoch (training before EpochBatches: each epoch started by waiting for a batch).
     """
-    from fastyolo.train.data import ResumableSampler, YoloDataset
+    from fastyolo.train.data import EpochBatches, YoloDataset
     from fastyolo.train.engine import _batch_to, _loader
 
     aspect = train_default("aspect")
@@ -243,15 +249,20 @@ def data_epochs(train: Sequence, device: torch.device, batch: int, workers: int,
             print(f"  cached row skipped: YoloDataset(cache=) failed: {exc}", flush=True)
             return None
         label = f"cached ({mode})" + (f", augmented on the {device.type}" if on_device else "")
-    sampler = ResumableSampler(len(dataset), shuffle=True, seed=SEED)
-    loader = _loader(dataset, batch, workers, device, sampler)
+    if not one_stream:
+        label += ", a new iteration per epoch"
+    plan = EpochBatches(len(dataset), batch, seed=SEED)
+    plan.plan((epoch, True) for epoch in range(epochs))
+    loader = _loader(dataset, batch, workers, device, plan)
+    stream = iter(loader) if one_stream else None
     seconds = []
     for epoch in range(epochs):
-        dataset.set_epoch(epoch)
-        sampler.set_epoch(epoch, augment=True)
-        for batch_items in loader:
+        if not one_stream:
+            plan.plan([(epoch, True)])
+            stream = iter(loader)
+        for _ in range(plan.per_epoch):
             # to the device, as the step receives it (normalised there; augmented there with on_device)
-            _batch_to(device, batch_items, False, augmenter)
+            _batch_to(device, next(stream), False, augmenter)
         sync(device)
         now = time.perf_counter()
         seconds.append(now - started)
@@ -264,14 +275,16 @@ def measure_data(train: Sequence, device: torch.device, batch: int, epochs: int,
                  tmp: Path) -> list[Row]:
     workers = default_workers()
     rows = []
-    for cached, on_device in ((False, False), (True, False), (True, True)):
+    for cached, on_device, one_stream in ((False, False, True), (True, False, True), (True, False, False),
+                                          (True, True, True)):
         first, steady, label = [], [], ""
         for r in range(rounds):
-            what = ("cached" if cached else "cache off") + (", augmented on the device" if on_device else "")
+            what = (("cached" if cached else "cache off") + (", augmented on the device" if on_device else "")
+                    + ("" if one_stream else ", a new iteration per epoch"))
             print(f"[data] {device.type}: DataLoader, {what}, batch {batch}, {workers} workers, {epochs} epochs"
                   f" (round {r + 1}/{rounds})", flush=True)
             cache_dir = Path(tempfile.mkdtemp(prefix="cache-", dir=tmp)) if cached else None
-            result = data_epochs(train, device, batch, workers, epochs, cache_dir, on_device)
+            result = data_epochs(train, device, batch, workers, epochs, cache_dir, on_device, one_stream)
             if cache_dir is not None:
                 shutil.rmtree(cache_dir, ignore_errors=True)
             if result is None:
@@ -498,7 +511,8 @@ def loop_variants(sides: list[Side]) -> list[tuple[str, Side, list[str]]]:
     return variants
 
 
-EPOCH_PARTS = ("steps", "bn", "val", "map")  # metrics.jsonl seconds_<part>, where the code reports them
+# metrics.jsonl seconds_<part>, where the code reports them; data_wait is the part of steps spent waiting for batches
+EPOCH_PARTS = ("steps", "data_wait", "bn", "val", "map")
 
 
 def epoch_parts(rows: list[dict[str, Any]]) -> str:

@@ -44,8 +44,7 @@ def check(mode: str, train, val, device: str, backbone: str, batch: int, steps: 
         config = TrainConfig(out=out, backbone=backbone, batch=batch, epochs=1, device=device, augment_on=mode,
                              workers=min(4, TrainConfig.workers), pretrained=None)
         run = _Run(config, train, val, Distributed(), False, lambda _msg: None)
-        run.train_set.set_epoch(0)
-        run.sampler.set_epoch(0, augment=True)
+        run.batches.plan([(0, True)])  # one augmented epoch
         running = torch.zeros(len(LOSS_PARTS) + 1, device=run.device, dtype=torch.float64)
         sums = {k: 0.0 for k in ("loss", *LOSS_PARTS, "images", "dropped")}
         batches = iter(run.loader)

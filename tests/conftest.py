@@ -120,7 +120,7 @@ import json, sys
 import torch
 from fastyolo.datasets import load_dataset
 from fastyolo.train.cache import build_cache
-from fastyolo.train.data import ResumableSampler, YoloDataset
+from fastyolo.train.data import EpochBatches, YoloDataset
 from fastyolo.train.engine import _loader
 kitti, frames, on_device = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
 samples, _ = load_dataset(kitti)
@@ -129,17 +129,25 @@ dataset = YoloDataset(samples, augment=True, seed=5, aspect=1.8, cache=build_cac
                       augment_on_device=on_device)
 batches, workers_used = {}, {}
 for workers in (0, 2):
-    sampler = ResumableSampler(len(dataset), shuffle=True, seed=5)
-    sampler.set_epoch(1)
-    loader = _loader(dataset, 3, workers, torch.device("cpu"), sampler)
+    plan = EpochBatches(len(dataset), 3, seed=5)
+    plan.plan([(1, True), (2, True)])
+    loader = _loader(dataset, 3, workers, torch.device("cpu"), plan)
     batches[workers], workers_used[workers] = list(loader), loader.num_workers
-equal = all(torch.equal(a, b) for x, y in zip(batches[0], batches[2], strict=True) for a, b in zip(x, y, strict=True))
-print(json.dumps({"batches": len(batches[0]), "workers_used": workers_used[2], "equal": equal}))
+def same(xs, ys):
+    return len(xs) == len(ys) and all(torch.equal(a, b) for x, y in zip(xs, ys) for a, b in zip(x, y, strict=True))
+by_epoch = []  # the two epochs iterated one at a time, as separate streams
+for epoch in (1, 2):
+    one = EpochBatches(len(dataset), 3, seed=5)
+    one.plan([(epoch, True)])
+    by_epoch += list(_loader(dataset, 3, 0, torch.device("cpu"), one))
+print(json.dumps({"batches": len(batches[0]), "workers_used": workers_used[2], "equal": same(batches[0], batches[2]),
+                  "equal_by_epoch": same(batches[0], by_epoch)}))
 """
 
 
 def worker_batches_equal(kitti_dir: Path, frames: int, on_device: bool) -> dict:
-    """Run _WORKER_BATCHES: {"batches", "workers_used" (the 2-worker loader's), "equal"}."""
+    """Run _WORKER_BATCHES (epochs 1 and 2 in one stream): {"batches", "workers_used" (the 2-worker loader's),
+    "equal" (0 and 2 workers), "equal_by_epoch" (0 workers, against each epoch streamed alone)}."""
     done = subprocess.run([sys.executable, "-c", _WORKER_BATCHES, str(kitti_dir), str(frames), "1" if on_device else "0"],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch", reason="training needs the [train] extra (t
 
 from conftest import tiny_dataset, worker_batches_equal  # noqa: E402
 from fastyolo.train.augment import augment_square, jitter_hsv  # noqa: E402
-from fastyolo.train.data import ResumableSampler, YoloDataset  # noqa: E402
+from fastyolo.train.data import EpochBatches, YoloDataset  # noqa: E402
 from fastyolo.train.device_augment import NO_WARP, DeviceAugmenter, jitter_saturation_value  # noqa: E402
 from fastyolo.train.engine import _batch_to, _loader, pick_augment_on, to_network_input  # noqa: E402
 from test_train import assert_same_weights, model_state, train_args  # noqa: E402
@@ -111,11 +111,12 @@ def test_saturation_value_gains_equal_opencv_hsv(samples, saturation: float, val
 def test_device_batches_are_the_same_in_any_worker_and_reach_the_network(samples, cache, kitti_dir: Path):
     """Batches through 0 and 2 worker processes are equal (in a fresh process: conftest.worker_batches_equal);
     _batch_to turns them into the network input."""
-    assert worker_batches_equal(kitti_dir, FRAMES, on_device=True) == {"batches": 4, "workers_used": 2, "equal": True}
+    found = worker_batches_equal(kitti_dir, FRAMES, on_device=True)
+    assert found == {"batches": 8, "workers_used": 2, "equal": True, "equal_by_epoch": True}
     dataset = YoloDataset(samples, augment=True, seed=5, aspect=ASPECT, cache=cache, augment_on_device=True)
-    sampler = ResumableSampler(len(dataset), shuffle=True, seed=5)
-    sampler.set_epoch(1)
-    batches = list(_loader(dataset, 5, 0, CPU, sampler))
+    plan = EpochBatches(len(dataset), 5, seed=5)
+    plan.plan([(1, True)])
+    batches = list(_loader(dataset, 5, 0, CPU, plan))
     augmenter = DeviceAugmenter(cache.large, CPU)
     for x in batches:
         images, boxes, _, _ = _batch_to(CPU, x, True, augmenter)

@@ -69,6 +69,7 @@ def test_run_folder_has_checkpoints_metrics_and_curves(uninterrupted: Path):
         assert np.isfinite(r["train_loss"]) and np.isfinite(r["val_loss"]) and 0.0 <= r["val_map50"] <= 1.0
         parts = [r[f"seconds_{k}"] for k in ("steps", "bn", "val", "map")]  # where the epoch's time went
         assert min(parts) >= 0 and sum(parts) <= r["seconds"] + 0.01 and r["seconds_steps"] > 0
+        assert 0 <= r["seconds_data_wait"] <= r["seconds_steps"]  # the steps' wait for their batches
     assert (uninterrupted / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     from fastyolo.train.checkpoint import load_model
 

@@ -92,7 +92,7 @@ def test_cached_augmentation_is_reproducible_in_any_worker(samples, cache, kitti
     _items_equal(a[(3, 2, True)], b[(3, 2, True)])
     assert not torch.equal(a[(3, 2, True)][0], a[(3, 1, True)][0])  # another epoch, other draws
     found = worker_batches_equal(kitti_dir, FRAMES, on_device=False)
-    assert found == {"batches": 3, "workers_used": 2, "equal": True}
+    assert found == {"batches": 6, "workers_used": 2, "equal": True, "equal_by_epoch": True}
 
 
 def test_disk_cache_is_reused_and_invalidated_when_an_image_changes(kitti_dir: Path, tmp_path: Path):

@@ -13,7 +13,8 @@ images in any worker process, which is what makes `--resume` exact.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import math
+from collections.abc import Iterable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -65,7 +66,7 @@ class YoloDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, item: int | tuple[int, int, bool]):
-        # (index, epoch, augment) from ResumableSampler: persistent workers hold their own copy of the
+        # (index, epoch, augment) from EpochBatches: persistent workers hold their own copy of the
         # dataset, so the epoch and whether it augments travel with each index.
         index, epoch, augmented = item if isinstance(item, tuple) else (item, self.epoch, self.augment)
         sample = self.samples[index]
@@ -105,26 +106,44 @@ class YoloDataset(Dataset):
         )
 
 
-class ResumableSampler(Sampler[tuple[int, int, bool]]):
-    """A DistributedSampler's indices for one epoch (this rank's share), minus the first `skip` of them.
+class EpochBatches(Sampler[list[tuple[int, int, bool]]]):
+    """The batches of a run's epochs as one stream of lists of (index, epoch, augment).
 
-    With one process it is a seeded shuffle (seed + epoch); `skip` lets a run interrupted mid-epoch
-    continue with exactly the batches it had not seen. Yields (index, epoch, augment), so that the
-    DataLoader's persistent workers augment (or not) with the current epoch's draws.
+    A DataLoader iterates it once for the whole run: its workers go on to the next epoch's first
+    batches while the main process runs the epoch's BatchNorm pass, validation and checkpoint. (A new
+    iteration per epoch, even with persistent workers, left the step waiting at every epoch's start
+    for the first batch to be made.) Each epoch is a DistributedSampler's seeded shuffle (seed +
+    epoch; this rank's share with several processes) cut into batches, the last one short; the first
+    planned epoch can start `skip` batches in, where an interrupted run stopped. The epoch and whether
+    it augments travel with each index, so persistent workers need no per-epoch state.
     """
 
-    def __init__(self, size: int, *, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1):
-        self._inner = DistributedSampler(range(size), num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed)
-        self.skip = 0
-        self.epoch = 0
-        self.augment = True
+    def __init__(self, size: int, batch: int, *, seed: int, shuffle: bool = True, rank: int = 0,
+                 world_size: int = 1):
+        self._order = DistributedSampler(range(size), num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed)
+        self.batch = batch
+        self._plan: list[tuple[int, bool]] = []
+        self._skip = 0
 
-    def set_epoch(self, epoch: int, skip: int = 0, augment: bool = True) -> None:
-        self._inner.set_epoch(epoch)
-        self.epoch, self.skip, self.augment = epoch, skip, augment
+    @property
+    def per_epoch(self) -> int:
+        """Batches in a whole epoch (of this rank)."""
+        return math.ceil(len(self._order) / self.batch)
 
-    def __iter__(self) -> Iterator[tuple[int, int, bool]]:
-        return iter([(i, self.epoch, self.augment) for i in list(self._inner)[self.skip :]])
+    def plan(self, epochs: Iterable[tuple[int, bool]], skip: int = 0) -> None:
+        """Yield these (epoch, augment) in order; the first starts after `skip` batches."""
+        self._plan, self._skip = list(epochs), skip
+
+    def epoch(self, epoch: int, augmented: bool, skip: int = 0) -> list[list[tuple[int, int, bool]]]:
+        """The batches of one epoch, from batch `skip` on."""
+        self._order.set_epoch(epoch)
+        order = list(self._order)
+        return [[(i, epoch, augmented) for i in order[start : start + self.batch]]
+                for start in range(skip * self.batch, len(order), self.batch)]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int, bool]]]:
+        for n, (epoch, augmented) in enumerate(self._plan):
+            yield from self.epoch(epoch, augmented, self._skip if n == 0 else 0)
 
     def __len__(self) -> int:
-        return len(self._inner) - self.skip
+        return max(0, len(self._plan) * self.per_epoch - (self._skip if self._plan else 0))

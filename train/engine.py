@@ -17,7 +17,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ import torch.distributed as dist
 from fastyolo.train.cache import FrameCache, build_cache
 from fastyolo.train.checkpoint import load_checkpoint, read_torch_file, rng_state, save_checkpoint, set_rng_state
 from fastyolo.train.config import AMP_MODES, AUGMENT_ON, TrainConfig
-from fastyolo.train.data import ResumableSampler, YoloDataset
+from fastyolo.train.data import EpochBatches, YoloDataset
 from fastyolo.train.device_augment import DeviceAugmenter
 from fastyolo.train.loss import yolo_loss
 from fastyolo.train.model import YoloNet
@@ -282,14 +282,15 @@ def safe_workers(workers: int, say: Callable[[str], None] = print) -> int:
     return workers
 
 
-def _loader(dataset: YoloDataset, batch: int, workers: int, device: torch.device, sampler=None) -> DataLoader:
-    """The DataLoader of training, validation and the BatchNorm pass; `workers` as safe_workers allows."""
+def _loader(dataset: YoloDataset, batch: int, workers: int, device: torch.device,
+            batches: EpochBatches | None = None) -> DataLoader:
+    """The DataLoader of training (`batches`: its epochs' batches) and of validation and the BatchNorm pass
+    (in order, `batch` at a time); `workers` as safe_workers allows."""
     workers = safe_workers(workers, say=lambda _msg: None)
+    cut = {"batch_sampler": batches} if batches is not None else {"batch_size": batch, "shuffle": False}
     return DataLoader(
         dataset,
-        batch_size=batch,
-        sampler=sampler,
-        shuffle=False,
+        **cut,
         num_workers=workers,
         pin_memory=device.type == "cuda",
         # Seeds the workers' base seed; a fixed generator keeps the global torch RNG (dropout) untouched.
@@ -415,9 +416,9 @@ class _Run:
         self.augmenter = DeviceAugmenter(train_cache.large, device) if on_device else None
         self.train_set = YoloDataset(train_samples, augment=config.augment, seed=config.seed, aspect=config.aspect,
                                      cache=train_cache, augment_on_device=on_device)
-        self.sampler = ResumableSampler(len(self.train_set), shuffle=True, seed=config.seed, rank=ddp.rank,
-                                        world_size=ddp.world_size)
-        self.steps_per_epoch = math.ceil(len(self.sampler) / config.batch)
+        self.batches = EpochBatches(len(self.train_set), config.batch, seed=config.seed, rank=ddp.rank,
+                                    world_size=ddp.world_size)
+        self.steps_per_epoch = self.batches.per_epoch
         # The last epochs see the frames as inference will: the network settles on the real distribution.
         self.augment_until = config.epochs - round(config.clean_tail * config.epochs) if config.augment else 0
         self.scheduler = make_scheduler(self.optimizer, config.epochs * self.steps_per_epoch, config.warmup,
@@ -426,6 +427,9 @@ class _Run:
         self.partial: dict[str, float] = {}
         if resume:
             self._resume()
+        self.batches.plan(((e, e < self.augment_until) for e in range(self.start_epoch, config.epochs)),
+                          skip=self.skip_batches)
+        self._stream: Iterator | None = None  # one iteration of self.loader for the whole run
         self.net = model
         if ddp.world_size > 1:
             self.net = torch.nn.parallel.DistributedDataParallel(
@@ -435,7 +439,7 @@ class _Run:
         # Cached un-augmented frames are a copy each: worker processes would cost more than they save.
         val_workers = 0 if val_cache is not None else config.workers
         self.val_loader = _loader(val_set, config.batch, val_workers, device) if ddp.main and len(val_set) else None
-        self.loader = _loader(self.train_set, config.batch, config.workers, device, self.sampler)
+        self.loader = _loader(self.train_set, config.batch, config.workers, device, self.batches)
         rows = calibration_subset(len(train_samples))
         bn_set = YoloDataset([train_samples[i] for i in rows], augment=False, cache=train_cache, rows=rows)
         bn_workers = 0 if train_cache is not None else config.workers
@@ -496,11 +500,13 @@ class _Run:
         )
 
     def train_epoch(self, epoch: int, flag: _StopFlag) -> dict[str, float]:
-        """One epoch of steps (the rest of it, when resumed mid-epoch); returns the summed losses."""
+        """One epoch of steps (the rest of it, when resumed mid-epoch); returns the summed losses and the
+        seconds the steps waited for their batches ("data_wait")."""
         config = self.config
-        self.train_set.set_epoch(epoch)
-        self.sampler.set_epoch(epoch, skip=self.skip_batches * config.batch, augment=epoch < self.augment_until)
+        if self._stream is None:
+            self._stream = iter(self.loader)  # the batches of every epoch from here on (EpochBatches.plan)
         sums = dict(self.partial) or {k: 0.0 for k in ("loss", *LOSS_PARTS, "images", "dropped")}
+        sums["data_wait"] = 0.0
         # Summed on the device and read every REPORT_EVERY seconds: a read per step stalls a GPU.
         running = torch.zeros(len(LOSS_PARTS) + 1, device=self.device, dtype=torch.float64)
         self.net.train()
@@ -509,10 +515,14 @@ class _Run:
             for m in self.model.modules():
                 if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
                     m.eval()
-        bar = tqdm(self.loader, desc=f"epoch {epoch + 1}/{config.epochs}", total=self.steps_per_epoch,
-                   initial=self.skip_batches, disable=not self.ddp.main, leave=False, dynamic_ncols=True)
+        bar = tqdm(range(self.skip_batches, self.steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}",
+                   total=self.steps_per_epoch, initial=self.skip_batches, disable=not self.ddp.main, leave=False,
+                   dynamic_ncols=True)
         batches_done, reported = self.skip_batches, time.monotonic()
-        for batch in bar:
+        for _ in bar:
+            asked = time.perf_counter()
+            batch = next(self._stream)
+            sums["data_wait"] += time.perf_counter() - asked
             self._step(batch, running, sums)
             batches_done += 1
             if time.monotonic() - reported > REPORT_EVERY or batches_done == self.steps_per_epoch:
@@ -561,7 +571,8 @@ class _Run:
         """BatchNorm statistics, validation, checkpoints, metrics and curves after an epoch; returns its row."""
         config = self.config
         # Where an epoch's time goes (metrics.jsonl seconds_*): the steps (train_epoch ends with a read of the
-        # loss, which waits for the device), the BatchNorm pass, validation's forward passes, its mAP.
+        # loss, which waits for the device), the BatchNorm pass, validation's forward passes, its mAP; and of
+        # the steps' seconds, how long they waited for batches (seconds_data_wait: the input side's share).
         clock = {"steps": time.perf_counter()}
         if self.bn_loader is not None and epoch < round(config.freeze_bn * config.epochs):
             recalibrate_batchnorm(self.model, self.bn_loader, self.device, self.precision)
@@ -587,6 +598,7 @@ class _Run:
         for part, at in clock.items():
             row[f"seconds_{part}"] = round(at - previous, 3)
             previous = at
+        row["seconds_data_wait"] = round(sums["data_wait"], 3)
         self.history.append(row)
         if self.ddp.main:
             current = row.get("val_map50")
