@@ -31,6 +31,7 @@ Three measurements, for each device (cpu, and cuda when torch sees a GPU) and ba
     python bench/train_speed.py                                   # everything: minutes to an hour on a CPU
     python bench/train_speed.py --backbones resnet18 --only loop  # before/after of the whole loop only
     python bench/train_speed.py --rounds 3 --json speed.json      # before/after interleaved, medians
+    python bench/train_speed.py --only loop --ablations augment-on --rounds 5  # one ablation only
 
 With --rounds R every measurement runs R times (the loop's before and after runs alternate) and the
 tables show medians. Each side's kernels and bytecode are compiled by an untimed start before the
@@ -498,16 +499,17 @@ def make_sides(tree: Path | None, tmp: Path) -> list[Side]:
     return sides
 
 
-def loop_variants(sides: list[Side]) -> list[tuple[str, Side, list[str]]]:
-    """(label, side, extra options): before, after, and the after ablations its CLI offers."""
+ABLATIONS = {"amp": ["--amp", "off"], "cache": ["--cache", "off"], "augment-on": ["--augment-on", "device"]}
+
+
+def loop_variants(sides: list[Side], ablations: Sequence[str] = tuple(ABLATIONS)) -> list[tuple[str, Side, list[str]]]:
+    """(label, side, extra options): before, after, and the after `ablations` its CLI offers."""
     variants = [(side.name, side, []) for side in sides]
     after = sides[-1]
-    if "--amp" in after.options:
-        variants.append(("after, --amp off", after, ["--amp", "off"]))
-    if "--cache" in after.options:
-        variants.append(("after, --cache off", after, ["--cache", "off"]))
-    if "--augment-on" in after.options:
-        variants.append(("after, --augment-on device", after, ["--augment-on", "device"]))
+    for name in ablations:
+        option, value = ABLATIONS[name]
+        if option in after.options:
+            variants.append((f"after, {option} {value}", after, [option, value]))
     return variants
 
 
@@ -547,8 +549,8 @@ def loop_seconds(side: Side, extra: list[str], data: Path, backbone: str, device
 
 
 def measure_loop(sides: list[Side], data: Path, n_train: int, backbone: str, device: str, epochs: int, batch: int,
-                 rounds: int, tmp: Path) -> list[Row]:
-    variants = loop_variants(sides)
+                 rounds: int, tmp: Path, ablations: Sequence[str] = tuple(ABLATIONS)) -> list[Row]:
+    variants = loop_variants(sides, ablations)
     rates: dict[str, list[float]] = {label: [] for label, _, _ in variants}
     inside: dict[str, list[float]] = {label: [] for label, _, _ in variants}
     parts: dict[str, str] = {}
@@ -652,6 +654,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="git revision of the code before the speed work; 'none' skips the before runs [%(default).10s]")
     p.add_argument("--only", nargs="+", action="extend", choices=KINDS, help="measure only these [all]")
     p.add_argument("--json", type=Path, help="write every row here")
+    p.add_argument("--ablations", nargs="+", choices=(*ABLATIONS, "none"), default=list(ABLATIONS),
+                   help="whole-loop runs of the after code with one default changed: --amp off, --cache off, "
+                        "--augment-on device [all]")
     p.add_argument("--repeat", type=int, default=1,
                    help="list every frame of --data this many times (e.g. 14: 1,050 kitti_tiny frames) [1]")
     args = p.parse_args(argv)
@@ -662,6 +667,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if "cuda" in args.devices and not torch.cuda.is_available():
         p.error("--devices cuda: torch sees no CUDA GPU")
     args.only = list(dict.fromkeys(args.only or KINDS))
+    args.ablations = [a for a in dict.fromkeys(args.ablations) if a != "none"]
     return args
 
 
@@ -704,7 +710,7 @@ def main(argv: list[str] | None = None) -> int:
                     save()
                 if "loop" in args.only:
                     rows += measure_loop(sides, args.data, len(train), backbone, device, args.epochs,
-                                         batches[device], args.rounds, tmp)
+                                         batches[device], args.rounds, tmp, args.ablations)
                     save()
     report(rows, args.devices, args.backbones, batches)
     if args.json:
