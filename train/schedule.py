@@ -39,10 +39,23 @@ def make_optimizer(model: torch.nn.Module, name: str = "sgd", lr: float | None =
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": no_decay, "weight_decay": 0.0}]
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr or SGD_LR, momentum=MOMENTUM)
+        return _fused_if_possible(torch.optim.SGD, groups, lr=lr or SGD_LR, momentum=MOMENTUM)
     if name == "adam":
-        return torch.optim.AdamW(groups, lr=lr or ADAM_LR)
+        return _fused_if_possible(torch.optim.AdamW, groups, lr=lr or ADAM_LR)
     raise ValueError(f"unknown optimizer {name!r}: choose sgd or adam")
+
+
+def _fused_if_possible(kind: type[torch.optim.Optimizer], groups: list[dict], **options) -> torch.optim.Optimizer:
+    """`kind` with torch's fused kernel (one pass over every parameter) where the parameters' device has one.
+
+    torch's default on a CPU loops over the tensors one at a time: an AdamW step of ResNet-18 on 2 cores
+    took 35-75 ms against 11-24 ms fused (bench/optimizer_step.py), at batch 16 a tenth of the training
+    step. The same update up to rounding (relative 1e-7 after 20 steps, tests/test_train.py).
+    """
+    try:
+        return kind(groups, fused=True, **options)
+    except (RuntimeError, ValueError, TypeError):  # a device (or torch) without the fused kernel
+        return kind(groups, **options)
 
 
 def make_scheduler(
