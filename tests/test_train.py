@@ -185,20 +185,20 @@ def test_schedule_values():
         make_optimizer(model, "lbfgs")
 
 
-@pytest.mark.parametrize("name", ["adam", "sgd"])
-def test_fused_optimizer_steps_equal_torchs_default_on_every_element(name: str):
-    """make_optimizer takes torch's fused kernel on the CPU: after 5 steps of a channels_last ResNet-18 YoloNet
-    (as training holds it) with random gradients, every weight equals torch's default loop's up to rounding."""
+def test_fused_adamw_steps_equal_torchs_default_on_every_element():
+    """make_optimizer takes torch's fused AdamW kernel on the CPU: after 5 steps of a channels_last ResNet-18
+    YoloNet (as training holds it) with random gradients, every weight equals torch's default loop's up to
+    rounding. (SGD keeps torch's default: its fused kernel gained nothing clear on a CPU.)"""
     from fastyolo.train.model import YoloNet
 
     torch.manual_seed(0)
     fast_model = YoloNet("resnet18").to(memory_format=torch.channels_last)
     ref_model = YoloNet("resnet18").to(memory_format=torch.channels_last)
     ref_model.load_state_dict(fast_model.state_dict())
-    fast = make_optimizer(fast_model, name)
-    assert fast.defaults["fused"] is True
+    fast = make_optimizer(fast_model, "adam")
+    assert fast.defaults["fused"] is True and not make_optimizer(fast_model, "sgd").defaults["fused"]
     groups = [{k: v for k, v in g.items() if k not in ("fused", "foreach")}
-              for g in make_optimizer(ref_model, name).param_groups]
+              for g in make_optimizer(ref_model, "adam").param_groups]
     ref = type(fast)(groups)  # torch's own default: a loop over the tensors on the CPU
     assert not ref.defaults["fused"]
     initial = [p.detach().clone() for p in fast_model.parameters()]
