@@ -5,6 +5,7 @@
 #      --amp off, --cache off, --augment-on device) for ResNet-18 and -50 at batch 64 on 1,050 frames
 #      (kitti_tiny listed 14 times), 10 epochs;
 #   2. bench/train_sync_check.py: does the training step make the host wait for the GPU (sync debug mode)?
+#      bench/optimizer_step.py: torch's default AdamW/SGD step against the fused kernel, on the GPU;
 #   3. issue 9's kernels: bench/gpu_check.py (kernels against the reference on hardware, timings, FPS).
 #
 # ../shared does not travel to the device machine, and that machine lacks faster-coco-eval (validation's mAP;
@@ -30,11 +31,13 @@ fi
 if [ "${DRY_RUN:-0}" = 1 ]; then
   speed=(--devices cpu --backbones resnet18 --repeat 2 --epochs 2 --steps 1 --batch 8 --before none)
   sync=(--device cpu --backbone resnet18)
+  optim=(--device cpu --backbones resnet18 --rounds 1 --steps 2)
   check=(--simulate)
   export NUMBA_ENABLE_CUDASIM=1
 else
   speed=(--devices cuda --backbones resnet50 resnet18 --repeat 14 --epochs 10 --before none)
   sync=(--device cuda)
+  optim=(--device cuda)
   check=(--budget 90)
   pip install -q --no-deps --no-build-isolation -e . >"$OUT/install.log" 2>&1 \
     || echo "gpu_session: editable install failed (see install.log); gpu_check imports the checkout directly"
@@ -54,7 +57,12 @@ echo "train_sync_check: exit $? after $(( $(date +%s) - started )) s"
 tail -3 "$OUT/train_sync_check.log"
 
 started=$(date +%s)
-timeout 370 python bench/train_speed.py --data "$DATA" "${speed[@]}" --json "$OUT/train_speed_gpu.json" \
+timeout 30 python bench/optimizer_step.py "${optim[@]}" --json "$OUT/optimizer_step.json" >"$OUT/optimizer_step.log" 2>&1
+echo "optimizer_step: exit $? after $(( $(date +%s) - started )) s"
+cat "$OUT/optimizer_step.log"
+
+started=$(date +%s)
+timeout 345 python bench/train_speed.py --data "$DATA" "${speed[@]}" --json "$OUT/train_speed_gpu.json" \
   >"$OUT/train_speed_gpu.log" 2>&1
 echo "train_speed: exit $? after $(( $(date +%s) - started )) s"
 sed -n '/^== /,$p' "$OUT/train_speed_gpu.log" | tail -60
