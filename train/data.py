@@ -56,19 +56,14 @@ class YoloDataset(Dataset):
         self.augment = augment
         self.aspect = aspect
         self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Choose the augmentation draws of `epoch` (call before iterating a DataLoader over it)."""
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, item: int | tuple[int, int, bool]):
         # (index, epoch, augment) from EpochBatches: persistent workers hold their own copy of the
-        # dataset, so the epoch and whether it augments travel with each index.
-        index, epoch, augmented = item if isinstance(item, tuple) else (item, self.epoch, self.augment)
+        # dataset, so the epoch and whether it augments travel with each index (a plain index: epoch 0).
+        index, epoch, augmented = item if isinstance(item, tuple) else (item, 0, self.augment)
         sample = self.samples[index]
         boxes, class_ids = sample.boxes, sample.class_ids
         augmented = augmented and self.augment

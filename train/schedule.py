@@ -33,7 +33,8 @@ def lr_factor(step: int, total_steps: int, warmup: float = WARMUP, milestones: S
 
 
 def make_optimizer(model: torch.nn.Module, name: str = "sgd", lr: float | None = None) -> torch.optim.Optimizer:
-    """SGD (momentum 0.9, weight decay 5e-4, as the paper) or AdamW (decoupled weight decay 5e-4)."""
+    """SGD (momentum 0.9, weight decay 5e-4, as the paper) or AdamW (decoupled weight decay 5e-4; torch's fused
+    kernel where the device has one)."""
     # No weight decay on BatchNorm weights and biases (they are scales and offsets, not filters).
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
