@@ -10,7 +10,6 @@ The parameters of a YoloNet (channels_last, as training holds them) with random 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import statistics
 import sys
@@ -42,16 +41,20 @@ def plain_groups(optimizer: torch.optim.Optimizer) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fastyolo.train.model import YoloNet
+    from fastyolo.train.model import BACKBONES, YoloNet
     from fastyolo.train.schedule import make_optimizer
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--backbones", nargs="+", default=["resnet18", "resnet50"])
-    p.add_argument("--steps", type=int, default=15)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--json", type=Path)
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--backbones", nargs="+", default=["resnet18", "resnet50"], choices=BACKBONES)
+    p.add_argument("--steps", type=int, default=15, help="timed steps per round [15]")
+    p.add_argument("--rounds", type=int, default=3, help="rounds; medians are reported [3]")
+    p.add_argument("--json", type=Path, help="write the rows here")
     args = p.parse_args(argv)
+    if min(args.steps, args.rounds) < 1:
+        p.error("--steps and --rounds must be at least 1")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: torch sees no CUDA GPU")
     device = torch.device(args.device)
     rows = []
     for backbone in args.backbones:
@@ -60,12 +63,11 @@ def main(argv: list[str] | None = None) -> int:
             param.grad = torch.randn_like(param) * 1e-3
         for name in ("adam", "sgd"):
             chosen = make_optimizer(model, name)
-            groups = functools.partial(plain_groups, chosen)
-
             found: dict[str, list[float]] = {"default": [], "fused": []}
             for _ in range(args.rounds):
-                found["default"].append(step_ms(type(chosen)(groups()), device, args.steps))  # torch's own choice
-                found["fused"].append(step_ms(type(chosen)(groups(), fused=True), device, args.steps))
+                default = type(chosen)(plain_groups(chosen))  # torch's own choice for the device
+                found["default"].append(step_ms(default, device, args.steps))
+                found["fused"].append(step_ms(type(chosen)(plain_groups(chosen), fused=True), device, args.steps))
             row = {"backbone": backbone, "optimizer": name, "device": device.type,
                    "make_optimizer_fuses": bool(chosen.defaults.get("fused")),
                    "ms_default": statistics.median(found["default"]), "ms_fused": statistics.median(found["fused"])}
@@ -74,8 +76,12 @@ def main(argv: list[str] | None = None) -> int:
                   f"{row['ms_fused']:.1f} ms (make_optimizer: {'fused' if row['make_optimizer_fuses'] else 'default'})",
                   flush=True)
     if args.json:
-        args.json.write_text(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(),
-                                         "rows": rows}, indent=1) + "\n")
+        try:
+            args.json.write_text(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(),
+                                             "rows": rows}, indent=1) + "\n")
+        except OSError as exc:
+            print(f"optimizer_step: cannot write {args.json}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
     return 0
 
 
