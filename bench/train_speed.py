@@ -16,7 +16,8 @@ Three measurements, for each device (cpu, and cuda when torch sees a GPU) and ba
 2. step   the training step alone on a synthetic batch already on the device: forward, yolo_loss,
           zero_grad, backward, optimizer step (the default AdamW); random images, targets of real
           kitti_tiny frames. fp32, bf16 autocast (fp16 + GradScaler on cuda), each also channels_last.
-          Median over --steps timed steps after 3 warm-up steps.
+          Median over --steps timed steps after 3 warm-up steps. --compile adds the channels_last
+          steps through torch.compile (its first step, the compilation, reported apart).
 3. loop   the whole `python -m fastyolo.cli train --epochs E --val-split 0.2 --seed 0` as a user runs
           it, timed from outside: start-up, imports, data loading, every epoch's BatchNorm pass,
           validation, checkpoints and curves included. images/s = E * training frames / wall seconds.
@@ -57,7 +58,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -132,10 +133,19 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def isa_caps() -> dict[str, str]:
+    """The instruction-set caps set in the environment: oneDNN's convolutions, ATen's other kernels."""
+    return {k: os.environ[k] for k in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
+            if os.environ.get(k)}
+
+
 def print_header(devices: Sequence[str]) -> None:
     print(f"cpu: {cpu_model()}, {os.cpu_count()} logical cores, bf16 {cpu_bf16()}; torch {torch.__version__}, "
           f"{torch.get_num_threads()} intra-op threads (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})",
           flush=True)
+    capped = isa_caps()
+    if capped:  # imitating another CPU: oneDNN's (and ATen's) instruction sets held below this one's
+        print("instruction sets capped: " + ", ".join(f"{k}={v}" for k, v in capped.items()), flush=True)
     if "cuda" in devices:
         print(f"cuda: {torch.cuda.get_device_name()}, CUDA {torch.version.cuda}", flush=True)
 
@@ -324,22 +334,38 @@ def real_targets(train: Sequence, batch: int, device: torch.device) -> tuple[tor
     return tuple(torch.stack([item[k] for item in items])[index].to(device) for k in (1, 2, 3))
 
 
-def step_variants(device: torch.device) -> list[tuple[str, torch.dtype | None, bool, bool]]:
-    """(label, autocast dtype, channels_last, cudnn.benchmark) of each measured step."""
-    precisions: list[tuple[str, torch.dtype | None]] = [("fp32", None), ("bf16 autocast", torch.bfloat16)]
-    if device.type == "cuda":
-        precisions.append(("fp16 autocast + GradScaler", torch.float16))
-    variants = [(f"{name}{', channels_last' if last else ''}", dtype, last, False)
+class StepVariant(NamedTuple):
+    what: str  # the row's label
+    dtype: torch.dtype | None  # autocast dtype; None: fp32
+    channels_last: bool
+    benchmark: bool  # cudnn.benchmark
+    compiled: bool = False  # torch.compile (inductor) of the network; its first step includes the compilation
+
+
+STEP_PRECISIONS = {"fp32": ("fp32", None), "bf16": ("bf16 autocast", torch.bfloat16),
+                   "fp16": ("fp16 autocast + GradScaler", torch.float16)}  # fp16: CUDA only
+
+
+def step_variants(device: torch.device, compiled: bool = False,
+                  names: Sequence[str] = tuple(STEP_PRECISIONS)) -> list[StepVariant]:
+    """Each measured step: fp32 and bf16 (fp16 on CUDA) of `names`, each NCHW and channels_last; with
+    `compiled`, also the channels_last fp32/bf16 ones through torch.compile."""
+    precisions = [STEP_PRECISIONS[n] for n in names if n != "fp16" or device.type == "cuda"]
+    variants = [StepVariant(f"{name}{', channels_last' if last else ''}", dtype, last, False)
                 for name, dtype in precisions for last in (False, True)]
-    if device.type == "cuda":
+    if device.type == "cuda" and "bf16" in names:
         # Training leaves cuDNN's autotuning off (its first steps cost seconds); this row says what it would give.
-        variants.append(("bf16 autocast, channels_last, cudnn.benchmark", torch.bfloat16, True, True))
+        variants.append(StepVariant("bf16 autocast, channels_last, cudnn.benchmark", torch.bfloat16, True, True))
+    if compiled:
+        variants += [StepVariant(f"{name}, channels_last, torch.compile", dtype, True, False, True)
+                     for name, dtype in precisions if dtype is not torch.float16]
     return variants
 
 
 def step_seconds(backbone: str, device: torch.device, batch: int, steps: int, targets: tuple[torch.Tensor, ...],
-                 dtype: torch.dtype | None, channels_last: bool, benchmark: bool = False) -> float:
-    """Median seconds of one training step (after WARMUP_STEPS untimed ones)."""
+                 variant: StepVariant) -> tuple[float, float]:
+    """Median seconds of one training step (after WARMUP_STEPS untimed ones), and the first step's seconds."""
+    dtype, channels_last, benchmark = variant.dtype, variant.channels_last, variant.benchmark
     from fastyolo.train.loss import yolo_loss
     from fastyolo.train.model import YoloNet
     from fastyolo.train.schedule import make_optimizer
@@ -354,6 +380,10 @@ def step_seconds(backbone: str, device: torch.device, batch: int, steps: int, ta
         model = model.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, train_default("optimizer"))
+    network = model
+    if variant.compiled:
+        torch._dynamo.reset()  # every round compiles afresh (torch's on-disk caches: see main)
+        network = torch.compile(model)
     scaler = torch.amp.GradScaler("cuda") if dtype is torch.float16 else None
     boxes, mask, classes = targets
     times = []
@@ -361,7 +391,7 @@ def step_seconds(backbone: str, device: torch.device, batch: int, steps: int, ta
         sync(device)
         started = time.perf_counter()
         with torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext():
-            out = model(images)
+            out = network(images)
         loss, _parts = yolo_loss(out.float(), boxes, mask, classes)
         optimizer.zero_grad(set_to_none=True)
         if scaler is None:
@@ -374,15 +404,24 @@ def step_seconds(backbone: str, device: torch.device, batch: int, steps: int, ta
         sync(device)
         times.append(time.perf_counter() - started)
     torch.backends.cudnn.benchmark = False  # torch's default, as training runs
-    return statistics.median(times[WARMUP_STEPS:])
+    return statistics.median(times[WARMUP_STEPS:]), times[0]
+
+
+# oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) below AMX that keep native bf16 dot products (AVX512-BF16 and later).
+NATIVE_BF16_CAPS = ("AVX512_CORE_BF16", "AVX10_1_512", "AVX512_CORE_FP16", "AVX10_2_512")
 
 
 def cpu_bf16() -> str:
-    """What a bf16 convolution runs on here: AMX tiles, other native bf16 (AVX512-BF16), or emulation."""
+    """What a bf16 convolution runs on here: AMX tiles, other native bf16 (AVX512-BF16), or emulation;
+    with oneDNN's instruction set capped (ONEDNN_MAX_CPU_ISA), what the cap leaves."""
+    from fastyolo.train.engine import cpu_has_amx, onednn_isa_cap
+
+    cap = onednn_isa_cap()
     try:
-        if getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)():
+        if cpu_has_amx():
             return "AMX"
-        return "native (no AMX)" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "emulated"
+        native = torch.ops.mkldnn._is_mkldnn_bf16_supported() and (cap is None or cap in NATIVE_BF16_CAPS)
+        return "native (no AMX)" if native else "emulated"
     except (AttributeError, RuntimeError):
         return "unknown"
 
@@ -393,20 +432,27 @@ def cpu_bf16_note() -> str:
 
 
 def measure_step(train: Sequence, backbone: str, device: torch.device, batch: int, steps: int,
-                 rounds: int) -> list[Row]:
+                 rounds: int, compiled: bool = False, precisions: Sequence[str] = tuple(STEP_PRECISIONS)) -> list[Row]:
     targets = real_targets(train, batch, device)
     rows = []
-    for what, dtype, last, benchmark in step_variants(device):
-        rates, failure = [], ""
+    for variant in step_variants(device, compiled, precisions):
+        what = variant.what
+        rates, firsts, failure = [], [], ""
         for r in range(rounds):
             print(f"[step] {device.type} {backbone}: {what}, batch {batch}, {steps} steps (round {r + 1}/{rounds})",
                   flush=True)
             try:
-                rates.append(batch / step_seconds(backbone, device, batch, steps, targets, dtype, last, benchmark))
+                median, first = step_seconds(backbone, device, batch, steps, targets, variant)
             except (RuntimeError, NotImplementedError) as exc:
                 failure = f"n/a: {str(exc).strip().splitlines()[0][:100] if str(exc).strip() else type(exc).__name__}"
                 break
-        note = cpu_bf16_note() if device.type == "cpu" and dtype is torch.bfloat16 else ""
+            rates.append(batch / median)
+            firsts.append(first)
+        notes = [cpu_bf16_note() if device.type == "cpu" and variant.dtype is torch.bfloat16 else ""]
+        if variant.compiled and firsts:
+            notes.append(f"first step {firsts[0]:.1f} s (compiles, empty cache)"
+                         + (f", later rounds {statistics.median(firsts[1:]):.1f} s" if len(firsts) > 1 else ""))
+        note = "; ".join(n for n in notes if n)
         if rates:
             rows.append(_rate_row(device.type, backbone, "step", f"step, {what}", rates, batch, note))
         else:
@@ -657,6 +703,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ablations", nargs="+", choices=(*ABLATIONS, "none"), default=list(ABLATIONS),
                    help="whole-loop runs of the after code with one default changed: --amp off, --cache off, "
                         "--augment-on device [all]")
+    p.add_argument("--precisions", nargs="+", choices=tuple(STEP_PRECISIONS), default=list(STEP_PRECISIONS),
+                   help="the steps' precisions (fp16: CUDA only) [all]")
+    p.add_argument("--compile", action="store_true",
+                   help="also time the channels_last steps through torch.compile (first step: the compilation)")
     p.add_argument("--repeat", type=int, default=1,
                    help="list every frame of --data this many times (e.g. 14: 1,050 kitti_tiny frames) [1]")
     args = p.parse_args(argv)
@@ -684,7 +734,7 @@ def main(argv: list[str] | None = None) -> int:
           f"measuring {', '.join(args.only)}", flush=True)
     rows: list[Row] = []
     machine = {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "cpu_bf16": cpu_bf16(), "torch": torch.__version__,
-               "threads": torch.get_num_threads(), "before": args.before,
+               "isa_caps": isa_caps(), "threads": torch.get_num_threads(), "before": args.before,
                "cuda": torch.cuda.get_device_name() if "cuda" in args.devices else None}
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in ("data", "json")}
 
@@ -696,6 +746,8 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="train_speed-") as name:
         tmp = Path(name)
+        if args.compile:  # torch.compile's first step timed from an empty cache, not from an earlier run's
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(tmp / "inductor")
         sides = []
         if "loop" in args.only:
             sides = make_sides(before_tree(args.before, tmp), tmp)
@@ -706,7 +758,8 @@ def main(argv: list[str] | None = None) -> int:
                 save()
             for backbone in args.backbones:
                 if "step" in args.only:
-                    rows += measure_step(train, backbone, dev, batches[device], args.steps, args.rounds)
+                    rows += measure_step(train, backbone, dev, batches[device], args.steps, args.rounds, args.compile,
+                                         args.precisions)
                     save()
                 if "loop" in args.only:
                     rows += measure_loop(sides, args.data, len(train), backbone, device, args.epochs,

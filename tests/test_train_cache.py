@@ -3,7 +3,10 @@ cached square copy, normalisation on the device, and the training precision sett
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -146,6 +149,41 @@ def test_precision_settings():
         pick_precision("fp16", None, cpu)
     with pytest.raises(FastYoloError, match="unknown --amp"):
         pick_precision("fp8", None, cpu)
+
+
+@pytest.mark.parametrize("variable, cap, amx", [
+    (None, None, True), ("ONEDNN_MAX_CPU_ISA", "ALL", True), ("ONEDNN_MAX_CPU_ISA", "avx512_core_amx", True),
+    ("ONEDNN_MAX_CPU_ISA", "AVX10_1_512_AMX_FP16", True), ("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16", False),
+    ("ONEDNN_MAX_CPU_ISA", "avx2", False), ("DNNL_MAX_CPU_ISA", "AVX512_CORE", False),
+])
+def test_auto_precision_follows_the_onednn_isa_cap(monkeypatch, variable, cap, amx):
+    """An AMX CPU whose oneDNN is capped below AMX (how a CPU without it is imitated) trains fp32 under auto."""
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        monkeypatch.delenv(name, raising=False)
+    if variable:
+        monkeypatch.setenv(variable, cap)
+    assert cpu_has_amx() is amx
+    assert pick_precision("auto", None, torch.device("cpu")).dtype == (torch.bfloat16 if amx else None)
+
+
+@pytest.mark.parametrize("cap", [None, "AVX512_CORE_BF16"])
+def test_cpu_has_amx_agrees_with_the_isa_onednn_reports(cap):
+    """oneDNN's own ISA line (ONEDNN_VERBOSE) in a fresh process names AMX exactly when cpu_has_amx() says so."""
+    code = ("import torch\n"
+            "from fastyolo.train.engine import cpu_has_amx\n"
+            "torch.nn.functional.conv2d(torch.ones(1, 8, 8, 8).bfloat16(), torch.ones(8, 8, 3, 3).bfloat16())\n"
+            "print('amx', cpu_has_amx())\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")}
+    env["ONEDNN_VERBOSE"] = "1"
+    if cap:
+        env["ONEDNN_MAX_CPU_ISA"] = cap
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    isa = [line for line in out.stdout.splitlines() if line.startswith("onednn_verbose") and ",isa:" in line]
+    if not isa:
+        pytest.skip("this torch's oneDNN prints no ISA line")
+    assert f"amx {'AMX' in isa[0]}" in out.stdout.splitlines(), (isa[0], out.stdout[-300:])
 
 
 def test_bf16_autocast_outputs_fp32_close_to_fp32(samples):

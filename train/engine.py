@@ -157,9 +157,22 @@ class Precision:
         return text + (", channels_last" if self.channels_last else "")
 
 
+def onednn_isa_cap() -> str | None:
+    """The instruction-set cap oneDNN reads at its first use (ONEDNN_MAX_CPU_ISA, else the older
+    DNNL_MAX_CPU_ISA), upper-cased; None when unset or ALL/DEFAULT (no cap)."""
+    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").strip().upper()
+    return None if cap in ("", "ALL", "DEFAULT") else cap
+
+
 def cpu_has_amx() -> bool:
+    """AMX tiles that oneDNN's convolutions may use: the CPU has them and no ISA cap stops below them.
+    A cap is how a CPU without AMX is imitated (bench/RESULTS.md); under one, bf16 convolutions fall back
+    to AVX-512 BF16 or to emulation, and a bf16 ResNet-18 step then ran 0.70x / 0.27x as fast as fp32's."""
     is_amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return bool(is_amx and is_amx())
+    if not (is_amx and is_amx()):
+        return False
+    cap = onednn_isa_cap()
+    return cap is None or "AMX" in cap
 
 
 def pick_precision(amp: str, channels_last: bool | None, device: torch.device) -> Precision:
