@@ -33,6 +33,7 @@ Three measurements, for each device (cpu, and cuda when torch sees a GPU) and ba
     python bench/train_speed.py --backbones resnet18 --only loop  # before/after of the whole loop only
     python bench/train_speed.py --rounds 3 --json speed.json      # before/after interleaved, medians
     python bench/train_speed.py --only loop --ablations augment-on --rounds 5  # one ablation only
+    python bench/train_speed.py --only loop --train-args '--eval-every 5'     # options for every loop run
 
 With --rounds R every measurement runs R times (the loop's before and after runs alternate) and the
 tables show medians. Each side's kernels and bytecode are compiled by an untimed start before the
@@ -49,6 +50,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -571,13 +573,13 @@ def epoch_parts(rows: list[dict[str, Any]]) -> str:
 
 
 def loop_seconds(side: Side, extra: list[str], data: Path, backbone: str, device: str, epochs: int, batch: int,
-                 tmp: Path) -> tuple[float, float | None, str]:
+                 tmp: Path, train_args: Sequence[str] = ()) -> tuple[float, float | None, str]:
     """Wall seconds of one whole `fastyolo train` run, the seconds its epochs reported (metrics.jsonl) and
     the median split of an epoch's seconds (epoch_parts; empty where the code does not report it)."""
     run_dir = Path(tempfile.mkdtemp(prefix=f"loop-{side.name}-", dir=tmp))
     args = ["cli", "train", "--data", str(data), "--out", str(run_dir / "run"), "--backbone", backbone,
             "--epochs", str(epochs), "--batch", str(batch), "--device", device, "--val-split", str(VAL_SPLIT),
-            "--seed", str(SEED), *extra]
+            "--seed", str(SEED), *train_args, *extra]
     if "--cache-dir" in side.options:
         args += ["--cache-dir", str(run_dir / "cache")]
     try:
@@ -595,7 +597,8 @@ def loop_seconds(side: Side, extra: list[str], data: Path, backbone: str, device
 
 
 def measure_loop(sides: list[Side], data: Path, n_train: int, backbone: str, device: str, epochs: int, batch: int,
-                 rounds: int, tmp: Path, ablations: Sequence[str] = tuple(ABLATIONS)) -> list[Row]:
+                 rounds: int, tmp: Path, ablations: Sequence[str] = tuple(ABLATIONS),
+                 train_args: Sequence[str] = ()) -> list[Row]:
     variants = loop_variants(sides, ablations)
     rates: dict[str, list[float]] = {label: [] for label, _, _ in variants}
     inside: dict[str, list[float]] = {label: [] for label, _, _ in variants}
@@ -608,7 +611,8 @@ def measure_loop(sides: list[Side], data: Path, n_train: int, backbone: str, dev
             print(f"[loop] {device} {backbone}: fastyolo train ({label}), {epochs} epochs, batch {batch} "
                   f"(round {r + 1}/{rounds})", flush=True)
             try:
-                wall, in_epochs, parts[label] = loop_seconds(side, extra, data, backbone, device, epochs, batch, tmp)
+                wall, in_epochs, parts[label] = loop_seconds(side, extra, data, backbone, device, epochs, batch, tmp,
+                                                             train_args)
             except RuntimeError as exc:
                 print(f"  {label} failed: {exc}", flush=True)
                 failed[label] = str(exc).splitlines()[0]
@@ -707,6 +711,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="the steps' precisions (fp16: CUDA only) [all]")
     p.add_argument("--compile", action="store_true",
                    help="also time the channels_last steps through torch.compile (first step: the compilation)")
+    p.add_argument("--train-args", type=shlex.split, default=[],
+                   help="more `fastyolo train` options for every whole-loop run, both sides (e.g. '--eval-every 5')")
     p.add_argument("--repeat", type=int, default=1,
                    help="list every frame of --data this many times (e.g. 14: 1,050 kitti_tiny frames) [1]")
     args = p.parse_args(argv)
@@ -763,7 +769,7 @@ def main(argv: list[str] | None = None) -> int:
                     save()
                 if "loop" in args.only:
                     rows += measure_loop(sides, args.data, len(train), backbone, device, args.epochs,
-                                         batches[device], args.rounds, tmp, args.ablations)
+                                         batches[device], args.rounds, tmp, args.ablations, args.train_args)
                     save()
     report(rows, args.devices, args.backbones, batches)
     if args.json:

@@ -111,6 +111,22 @@ def test_ctrl_c_mid_epoch_saves_last_and_resume_equals_uninterrupted(resume_data
     assert_same_weights(model_state(run), model_state(uninterrupted))
 
 
+def test_eval_every_skips_the_batchnorm_pass_between_validations_and_resumes_exactly(resume_data: Path,
+                                                                                    tmp_path: Path):
+    """--eval-every 2 over 3 epochs: the BatchNorm pass runs where its statistics are read (validation at epoch 2,
+    the end at 3), not at epoch 1. A run stopped after epoch 1 (its last.pt gets a pass then) and resumed ends
+    with the same weights and statistics as the whole run, with dropout on: the extra pass draws no random numbers."""
+    extra = ("--eval-every", "2", "--dropout", "0.2")
+    whole = tmp_path / "whole"
+    assert cli([*train_args(resume_data, whole), *extra]) == 0
+    rows = [json.loads(x) for x in (whole / "metrics.jsonl").read_text().splitlines()]
+    assert [("seconds_bn" in r, "val_map50" in r) for r in rows] == [(False, False), (True, True), (True, True)]
+    run = tmp_path / "run"
+    assert cli([*train_args(resume_data, run), *extra, "--stop-after", "1"]) == 0
+    assert cli([*train_args(resume_data, run), *extra, "--resume"]) == 0
+    assert_same_weights(model_state(run), model_state(whole))
+
+
 def test_resume_and_overwrite_errors(resume_data: Path, uninterrupted: Path, tmp_path: Path, capsys):
     assert cli(train_args(resume_data, tmp_path / "empty", "--resume")) == 2
     assert "nothing to resume" in capsys.readouterr().err

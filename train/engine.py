@@ -332,7 +332,11 @@ def recalibrate_batchnorm(model: torch.nn.Module, loader: DataLoader, device: to
         m.reset_running_stats()
         m.momentum = None  # cumulative average over the batches that follow
     model.train()
-    with torch.no_grad():
+    # Train-mode dropout would draw from the global RNG: a run that made one pass more (a stop, then resume)
+    # would then train on other random numbers than one that did not.
+    devices = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else []
+    with torch.no_grad(), torch.random.fork_rng(devices=devices):
         for batch in loader:
             with precision.autocast(device):
                 model(_batch_to(device, batch, precision.channels_last)[0])
@@ -457,6 +461,8 @@ class _Run:
         bn_set = YoloDataset([train_samples[i] for i in rows], augment=False, cache=train_cache, rows=rows)
         bn_workers = 0 if train_cache is not None else config.workers
         self.bn_loader = _loader(bn_set, config.batch, bn_workers, device) if config.precise_bn else None
+        self.frozen_from = round(config.freeze_bn * config.epochs)  # from this epoch on, eval-mode BatchNorm
+        self.bn_current = False  # the statistics were computed at the current weights (refresh_batchnorm)
         self.last_saved = self.last_plotted = time.monotonic()
         self.say(f"training on {device.type} in {self.precision.name}; frames "
                  + ("decoded each step" if train_cache is None else
@@ -523,7 +529,7 @@ class _Run:
         # Summed on the device and read every REPORT_EVERY seconds: a read per step stalls a GPU.
         running = torch.zeros(len(LOSS_PARTS) + 1, device=self.device, dtype=torch.float64)
         self.net.train()
-        if epoch >= round(config.freeze_bn * config.epochs):
+        if epoch >= self.frozen_from:
             # Train the network exactly as it will run (eval-mode BatchNorm).
             for m in self.model.modules():
                 if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
@@ -587,18 +593,21 @@ class _Run:
         # loss, which waits for the device), the BatchNorm pass, validation's forward passes, its mAP; and of
         # the steps' seconds, how long they waited for batches (seconds_data_wait: the input side's share).
         clock = {"steps": time.perf_counter()}
-        if self.bn_loader is not None and epoch < round(config.freeze_bn * config.epochs):
-            recalibrate_batchnorm(self.model, self.bn_loader, self.device, self.precision)
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            clock["bn"] = time.perf_counter()
+        validates = (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs
+        if epoch < self.frozen_from:
+            self.bn_current = False  # the weights moved
+            # Only validation, the run's end and the epochs with frozen BatchNorm read the statistics (the
+            # training step does not): with --eval-every N the pass runs every N epochs, not every epoch.
+            if validates or epoch + 1 in (self.frozen_from, config.epochs):
+                self.refresh_batchnorm()
+                clock["bn"] = time.perf_counter()
         row: dict[str, Any] = {"epoch": epoch + 1, "lr": self.scheduler.get_last_lr()[0]}
         images_seen = max(sums["images"], 1.0)
         row.update({f"train_{k}": sums[k] / images_seen for k in ("loss", *LOSS_PARTS)})
         row["dropped_objects"] = int(sums["dropped"])
         row["train_images"] = int(sums["images"])  # this process's share under DDP
         row["processes"] = self.ddp.world_size
-        if self.val_loader is not None and ((epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs):
+        if self.val_loader is not None and validates:
             grids, val_loss = predict(self.model, self.val_loader, self.device, self.precision)
             clock["val"] = time.perf_counter()
             metrics = evaluate_grids(grids, self.val_samples, config.min_size)
@@ -632,6 +641,15 @@ class _Run:
             self.say(_summary(row, config))
         return row
 
+    def refresh_batchnorm(self) -> None:
+        """BatchNorm statistics for the current weights (precise BN), unless they already are."""
+        if self.bn_loader is None or self.bn_current:
+            return
+        recalibrate_batchnorm(self.model, self.bn_loader, self.device, self.precision)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.bn_current = True
+
     def plot(self) -> None:
         from fastyolo.train.plots import plot_curves
 
@@ -649,6 +667,8 @@ class _Run:
     def finish(self) -> None:
         """After the last epoch run (the end, --stop-after, the target mAP): last.pt and curves.png current."""
         if self.ddp.main and self.history:
+            if self.history[-1]["epoch"] <= self.frozen_from:  # a --stop-after between passes: last.pt exact too
+                self.refresh_batchnorm()
             self.save_last(self.history[-1]["epoch"], 0, {})
             self.plot()
 
