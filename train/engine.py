@@ -167,7 +167,7 @@ def onednn_isa_cap() -> str | None:
 def cpu_has_amx() -> bool:
     """AMX tiles that oneDNN's convolutions may use: the CPU has them and no ISA cap stops below them.
     A cap is how a CPU without AMX is imitated (bench/RESULTS.md); under one, bf16 convolutions fall back
-    to AVX-512 BF16 or to emulation, and a bf16 ResNet-18 step then ran 0.70x / 0.27x as fast as fp32's."""
+    to AVX-512 BF16 or to emulation, and a bf16 ResNet-18 step then ran 0.63x / 0.35x as fast as fp32's."""
     is_amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
     if not (is_amx and is_amx()):
         return False
@@ -598,7 +598,7 @@ class _Run:
             self.bn_current = False  # the weights moved
             # Only validation, the run's end and the epochs with frozen BatchNorm read the statistics (the
             # training step does not): with --eval-every N the pass runs every N epochs, not every epoch.
-            if validates or epoch + 1 in (self.frozen_from, config.epochs):
+            if self.bn_loader is not None and (validates or epoch + 1 in (self.frozen_from, config.epochs)):
                 self.refresh_batchnorm()
                 clock["bn"] = time.perf_counter()
         row: dict[str, Any] = {"epoch": epoch + 1, "lr": self.scheduler.get_last_lr()[0]}
