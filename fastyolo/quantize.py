@@ -39,6 +39,12 @@ DEFAULT_FRAMES = 64
 # partly trained ResNet-18 (mAP@0.5 against fp32 on kitti_tiny): 128 (TensorRT's value for symmetric
 # int8) 0.79, 256 0.96, 512 0.71; minmax 0.995, which is why minmax is the default.
 QUANTIZED_BINS = 256
+# 7-bit weights (onnxruntime's reduce_range): on CPUs without VNNI (AVX2 only, e.g. AMD Zen 3) the u8 x s8
+# kernels add pairs of products in 16 bits, which saturate with full-range 8-bit weights (255 x 127 x 2 >
+# 32767); 7-bit weights cannot. Off by default, measured on a Zen 3 (bench/RESULTS.md, "int8 without VNNI"):
+# the packaged model's int8 agreement with fp32 there is mAP@0.5 0.994 with 8-bit weights and 0.998 with 7-bit,
+# but mAP@.5:.95 0.68 -> 0.64, and on VNNI/AMX CPUs (no saturation) 7 bits only lose precision.
+DEFAULT_REDUCE_RANGE = False
 OPS_TO_QUANTIZE = ["Conv", "Gemm", "MatMul", "Add", "MaxPool", "Relu"]
 
 
@@ -143,12 +149,14 @@ def quantize_int8(
     frames: int = DEFAULT_FRAMES,
     keep_fp32: Sequence[str] = DEFAULT_KEEP,
     progress: bool = True,
+    reduce_range: bool = DEFAULT_REDUCE_RANGE,
 ) -> Path:
     """Write an int8 Q/DQ copy of `fp32_onnx` to `out_onnx`, calibrated on frames from `calib`.
 
     calib: a folder of real images or a video file; `frames` of them, spread evenly, are used.
     method: how activation ranges are chosen from the calibration run (minmax, entropy, percentile).
     keep_fp32: parts left unquantised ("head": the last Gemm; "first_conv").
+    reduce_range: 7-bit weights, which no CPU's 16-bit accumulation can saturate (see DEFAULT_REDUCE_RANGE).
     The fastyolo.* metadata is kept, with fastyolo.precision set to "int8".
     """
     try:
@@ -192,6 +200,7 @@ def quantize_int8(
             weight_type=QuantType.QInt8,
             nodes_to_exclude=keep_names,
             calibrate_method=calibration,
+            reduce_range=reduce_range,
             extra_options={"WeightSymmetric": True},
         )
         _save_with_metadata(quantized, out_onnx, {
@@ -199,8 +208,27 @@ def quantize_int8(
             "fastyolo.precision": "int8",
             "fastyolo.int8.calibration": f"{method}, {len(calib_frames)} frames of {Path(calib).name}",
             "fastyolo.int8.fp32_parts": ",".join(keep_fp32) or "none",
+            "fastyolo.int8.weight_bits": "7" if reduce_range else "8",
         })
     return out_onnx
+
+
+def qdq_emulation(int8_onnx: str | os.PathLike, threads: int | None = None):
+    """An onnxruntime session that runs a Q/DQ model as its graph reads, with no int8 kernels.
+
+    With graph optimisations off, onnxruntime fuses no QuantizeLinear -> op -> DequantizeLinear into an
+    integer kernel: each DequantizeLinear's output feeds the float op. That is the quantisation's own
+    error, free of what a CPU's integer kernels add (the 16-bit saturation without VNNI), so a backend's
+    int8 error can be judged against it.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(int8_onnx), options, providers=["CPUExecutionProvider"])
 
 
 def int8_model_for(model: str | os.PathLike, calib: str | os.PathLike | None = None, *,

@@ -15,7 +15,7 @@ from fastyolo.fileio import sample_frames, sample_video
 from fastyolo.input_format import KEY, NORMALIZED, PREFIX, UINT8, convert_to_uint8, uint8_model_for
 from fastyolo.layout import INPUT_NAME, INPUT_SIZE, OUTPUT_NAME
 from fastyolo.model_file import read_onnx
-from fastyolo.preprocess import prepare, preprocess, preprocess_uint8
+from fastyolo.preprocess import prepare, preprocess, preprocess_for, preprocess_uint8
 
 GRID_TOLERANCE = 1e-4  # fp32 rounding of a folded first conv, through a whole network
 
@@ -145,7 +145,7 @@ def test_metadata_must_match_the_input(uint8_r18: Path, tmp_path: Path):
 
 def test_int8_of_the_uint8_model_calibrates_on_pixels(uint8_r18: Path, untrained_r18: Path, clip_path: Path,
                                                       tmp_path: Path, real_frames):
-    from fastyolo.quantize import quantize_int8
+    from fastyolo.quantize import qdq_emulation, quantize_int8
 
     out = quantize_int8(uint8_r18, tmp_path / "u8.int8.onnx", clip_path, frames=8, progress=False)
     model = read_onnx(out)
@@ -158,9 +158,19 @@ def test_int8_of_the_uint8_model_calibrates_on_pixels(uint8_r18: Path, untrained
     for node in preamble:  # the preamble stays fp32: nothing quantised between the pixels and the mean Sub
         assert all(producer.get(name) is None or producer[name].name in names for name in node.input)
     fp32 = Detector(untrained_r18, backend="onnxruntime", threads=2).raw_outputs(real_frames)
+    # The quantisation's own error: the Q/DQ graph run as it reads (float ops after each DequantizeLinear).
+    emulated = qdq_emulation(out, threads=2).run(None, {INPUT_NAME: preprocess_for(UINT8, real_frames)})[0]
+    own = np.abs(emulated - fp32)
+    assert own.mean() < 0.01
     for backend in ("onnxruntime", "openvino"):
         grids = Detector(out, backend=backend, precision="int8", threads=2).raw_outputs(real_frames)
-        assert np.abs(grids - fp32).max() < 0.05  # int8 rounding, not a wrong input
+        error = np.abs(grids - fp32)
+        # A statistic of the error, not its largest element (one of 12,584 outputs, which moved past a fixed
+        # 0.05 on an AVX2-only CPU). The int8 kernels add rounding of their own and, on CPUs without VNNI,
+        # 16-bit saturation: on a Zen 3 1.2-1.3x the emulation's mean error and 1.4-1.5x its 99th percentile,
+        # where RGB frames for BGR ones measured 6.8x / 6.1x and frames at half brightness 9.8x / 6.9x.
+        assert error.mean() < 2.0 * own.mean(), backend
+        assert np.quantile(error, 0.99) < 2.5 * np.quantile(own, 0.99), backend
 
 
 def test_fp16_conversion_keeps_the_uint8_input(uint8_r18: Path, tmp_path: Path):

@@ -45,6 +45,15 @@ def _weight_is_int8(model: onnx.ModelProto, node: onnx.NodeProto) -> bool:
     return weight is not None and weight.op_type == "DequantizeLinear" and inits[weight.input[0]].dtype == np.int8
 
 
+def _largest_int8_weight(model: onnx.ModelProto) -> int:
+    """The largest |value| of the int8 weights any Conv reads."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    inits = _initializers(model)
+    weights = [inits[producers[n.input[1]].input[0]] for n in model.graph.node
+               if n.op_type == "Conv" and _weight_is_int8(model, n)]
+    return max(int(np.abs(w.astype(np.int32)).max()) for w in weights)
+
+
 def test_int8_model_is_qdq_with_per_channel_int8_weights_and_fp32_head(int8_r18: Path, untrained_r18: Path):
     model = onnx.load_model(str(int8_r18))
     ops = [n.op_type for n in model.graph.node]
@@ -88,6 +97,7 @@ def test_everything_int8_when_nothing_is_kept(untrained_r18: Path, calib_dir: Pa
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
     assert all(_weight_is_int8(model, n) for n in convs)
     assert read_onnx(out).metadata["fastyolo.int8.fp32_parts"] == "none"
+    assert _largest_int8_weight(model) == 127 and read_onnx(out).metadata["fastyolo.int8.weight_bits"] == "8"
 
 
 @pytest.mark.parametrize("backend", ["openvino", "onnxruntime"])
@@ -147,13 +157,15 @@ def test_quantize_command_works_without_torch(untrained_r18: Path, calib_dir: Pa
         sys.modules["torch"] = None  # a CPU box without the [train] extra
         from fastyolo.cli import main
         sys.exit(main(["quantize", {str(untrained_r18)!r}, "--calib", {str(calib_dir)!r}, "--frames", "2",
-                       "--method", "percentile", "-o", {str(out)!r}]))
+                       "--method", "percentile", "--reduce-range", "-o", {str(out)!r}]))
     """)
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=dict(os.environ))
     assert run.returncode == 0, run.stderr
     assert f"wrote {out}" in run.stdout
     meta = read_onnx(out).metadata
     assert meta["fastyolo.precision"] == "int8" and meta["fastyolo.int8.calibration"].startswith("percentile, 2 frames")
+    # --reduce-range: 7-bit weights, which 16-bit sums of u8 x s8 pairs cannot saturate (CPUs without VNNI)
+    assert meta["fastyolo.int8.weight_bits"] == "7" and _largest_int8_weight(onnx.load_model(str(out))) <= 64
 
     bad = subprocess.run([sys.executable, "-m", "fastyolo.cli", "quantize", str(out), "--calib", str(calib_dir)],
                          capture_output=True, text=True, timeout=120)

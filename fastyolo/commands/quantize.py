@@ -22,6 +22,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--keep-fp32", nargs="*", default=list(DEFAULT_KEEP), choices=KEEP_CHOICES, metavar="PART",
                    help=f"parts left in fp32 ({', '.join(KEEP_CHOICES)}); the flag alone quantises everything "
                    f"[{' '.join(DEFAULT_KEEP)}]")
+    p.add_argument("--reduce-range", action="store_true",
+                   help="7-bit weights: no 16-bit saturation on CPUs without VNNI (AVX2 only), less precision elsewhere "
+                   "[off]")
     return p
 
 
@@ -31,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
     cfg.check_at_least("--frames", args.frames, 1)
     output = args.output or args.model.with_name(f"{args.model.stem}.int8.onnx")
     check_outputs([("-o", output)], [args.model, args.calib])  # before calibrating
-    quantize_int8(args.model, output, args.calib, method=args.method, frames=args.frames, keep_fp32=args.keep_fp32)
+    quantize_int8(args.model, output, args.calib, method=args.method, frames=args.frames, keep_fp32=args.keep_fp32,
+                  reduce_range=args.reduce_range)
     print(f"wrote {output} (int8 Q/DQ, {args.method} calibration on {args.frames} frames of {args.calib}, "
-          f"fp32 parts: {', '.join(args.keep_fp32) or 'none'})")
+          f"{7 if args.reduce_range else 8}-bit weights, fp32 parts: {', '.join(args.keep_fp32) or 'none'})")
     return 0
