@@ -18,6 +18,12 @@ Formats, detected automatically from `labels` or what `data_dir` holds (labels.c
 Images are looked up in data_dir/images/, beside labels.csv, then in data_dir itself. Image sizes come
 from the file header (pillow's lazy open, EXIF rotation applied as cv2.imread does) so that indexing a
 9000-frame Udacity set does not decode 9000 JPEGs; without pillow each image is decoded with OpenCV.
+
+Untrusted files: a frame name must stay inside the folder it is looked up in (no absolute paths, no
+`..` out of it; links inside the folders are followed, as a dataset may link its images from elsewhere):
+such a row is malformed. An exact duplicate row (same frame, box and label) counts once and is reported.
+A truncated JPEG (no end marker; OpenCV would decode it with a grey bottom and a warning on stderr) or
+PNG (no IEND chunk) is left out and listed, as a missing image is; `Sample.load_image` refuses one too.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import csv
 import logging
 import math
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +41,7 @@ import cv2
 import numpy as np
 
 from fastyolo.errors import DatasetError
+from fastyolo.fileio import link_problem
 from fastyolo.layout import CLASS_NAMES
 
 log = logging.getLogger(__name__)
@@ -61,6 +69,10 @@ class Sample:
         image = cv2.imread(str(self.image_path), cv2.IMREAD_COLOR)
         if image is None:
             raise DatasetError(f"cannot read image {self.image_path}: missing or not an image file")
+        problem = truncated(self.image_path)  # changed since load_dataset: not a half-grey frame to train on
+        if problem:
+            raise DatasetError(f"cannot use image {self.image_path}: {problem} (the file changed after the dataset "
+                               "was read: restore it, or read the dataset again to leave it out)")
         return image
 
 
@@ -76,6 +88,8 @@ class DatasetReport:
     boxes_clipped: int = 0  # partly outside the image, clipped to it
     boxes_dropped: int = 0  # fully outside the image or zero area after clipping
     missing_images: list[str] = field(default_factory=list)  # frames left out: image missing or unreadable
+    truncated_images: list[str] = field(default_factory=list)  # frames left out: image file cut short
+    duplicate_boxes: int = 0  # rows repeating a frame's box and label exactly, counted once
     ignored_labels: dict[str, int] = field(default_factory=dict)  # label -> boxes not in CLASS_NAMES
     warnings: list[str] = field(default_factory=list)
 
@@ -96,6 +110,11 @@ class DatasetReport:
         if self.missing_images:
             shown = ", ".join(self.missing_images[:3]) + (" ..." if len(self.missing_images) > 3 else "")
             lines.append(f"  missing images: {shown}")
+        if self.truncated_images:
+            shown = ", ".join(self.truncated_images[:3]) + (" ..." if len(self.truncated_images) > 3 else "")
+            lines.append(f"  {len(self.truncated_images)} truncated images left out: {shown}")
+        if self.duplicate_boxes:
+            lines.append(f"  {self.duplicate_boxes} duplicate label rows counted once")
         lines += [f"  warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
@@ -110,6 +129,7 @@ class _Parser:
     def __init__(self, report: DatasetReport, skip_malformed: bool):
         self.report, self.skip_malformed = report, skip_malformed
         self.frames: dict[str, list[tuple[_Box, int]]] = {}
+        self.seen: set[tuple[str, _Box, str]] = set()  # (frame, box, label) rows read, for duplicates
 
     def malformed(self, path: Path, line: int, why: str) -> None:
         if not self.skip_malformed:
@@ -130,10 +150,26 @@ class _Parser:
             return None
         return x1, y1, x2, y2
 
-    def add(self, frame: str, box: _Box | None, label: str, class_id: int | None) -> None:
+    def frame(self, path: Path, line: int, name: str) -> str | None:
+        """The frame name, normalised, or None (malformed) if it would leave the folder it is looked up in."""
+        normal = os.path.normpath(name) if name else name
+        if os.path.isabs(name) or normal == os.pardir or normal.startswith(os.pardir + os.sep):
+            self.malformed(path, line, f"frame {name!r} is outside the dataset folder (frames are file names "
+                                       "relative to images/ or the labels file's folder)")
+            return None
+        return normal
+
+    def add(self, frame: str | None, box: _Box | None, label: str, class_id: int | None) -> None:
+        if frame is None:
+            return
         boxes = self.frames.setdefault(frame, [])  # a frame listed only with ignored labels is a negative
         if box is None:
             return
+        key = (frame, box, label if class_id is None else CLASS_NAMES[class_id])
+        if key in self.seen:  # a repeated row would double the ground truth (recall halves, mAP with it)
+            self.report.duplicate_boxes += 1
+            return
+        self.seen.add(key)
         if class_id is None:
             self.report.ignored_labels[label] = self.report.ignored_labels.get(label, 0) + 1
         else:
@@ -159,7 +195,8 @@ def _read_crowdai(path: Path, parser: _Parser) -> None:
             continue
         box = parser.box(path, line, [row[i].strip() for i in coords])
         label = row[col["label"]].strip()
-        parser.add(row[col["frame"]].strip(), box, label, _LOWER_CLASSES.get(label.lower()))
+        frame = parser.frame(path, line, row[col["frame"]].strip())
+        parser.add(frame, box, label, _LOWER_CLASSES.get(label.lower()))
 
 
 def _crowdai_order(path: Path, body: list[tuple[int, list[str]]], report: DatasetReport) -> list[int]:
@@ -195,7 +232,8 @@ def _read_autti(path: Path, parser: _Parser) -> None:
                 parser.malformed(path, line, f"{len(row)} fields, expected `frame xmin ymin xmax ymax occluded label`")
                 continue
             label = row[6].strip()
-            parser.add(row[0], parser.box(path, line, row[1:5]), label, _LOWER_CLASSES.get(label.lower()))
+            frame = parser.frame(path, line, row[0])
+            parser.add(frame, parser.box(path, line, row[1:5]), label, _LOWER_CLASSES.get(label.lower()))
 
 
 def _read_kitti(label_dir: Path, parser: _Parser) -> None:
@@ -204,7 +242,13 @@ def _read_kitti(label_dir: Path, parser: _Parser) -> None:
         raise DatasetError(f"{label_dir} holds no KITTI label files (*.txt)")
     for path in files:
         parser.frames.setdefault(path.stem, [])
-        for line, text in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        problem = link_problem(path)
+        try:
+            content = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            why = problem or (exc.strerror if isinstance(exc, OSError) else "not UTF-8 text")
+            raise DatasetError(f"{path}: {why}: fix or remove the label file") from None
+        for line, text in enumerate(content.splitlines(), start=1):
             row = text.split()
             if not row:
                 continue
@@ -236,6 +280,79 @@ def _sniff(path: Path) -> str:
     )
 
 
+_JPEG_SOI, _PNG_SIGNATURE = b"\xff\xd8", b"\x89PNG\r\n\x1a\n"
+_PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the whole (empty) IEND chunk: length, type, CRC
+# A marker inside entropy-coded JPEG data: 0xFF followed by anything but stuffing (00), RSTn (D0-D7) or fill (FF).
+_JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+_TAIL = 64  # bytes read from a file's end for the cheap completeness checks
+
+
+def _jpeg_complete(data: bytes) -> bool:
+    """Whether the JPEG's segments lead to its end marker (EOI) before the data ends: walks the header
+    segments by their lengths and each scan to the marker after it, so bytes after the EOI (trailers,
+    appended data) are allowed and an EXIF thumbnail's own EOI is skipped with its segment."""
+    pos, end = 2, len(data)
+    while pos + 2 <= end:
+        if data[pos] != 0xFF:
+            return False  # not a marker where one must be: corrupt
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            pos += 1
+        elif marker == 0xD9:
+            return True
+        elif 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a length
+            pos += 2
+        else:
+            if pos + 4 > end:
+                return False
+            pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+            if marker == 0xDA:  # start of scan: entropy-coded data up to the next marker
+                found = _JPEG_MARKER.search(data, pos)
+                if found is None:
+                    return False
+                pos = found.start()
+    return False
+
+
+def _png_complete(data: bytes) -> bool:
+    """Whether the PNG's chunks, walked by their lengths, reach an IEND chunk within the data."""
+    pos = len(_PNG_SIGNATURE)
+    while pos + 8 <= len(data):
+        length, kind = int.from_bytes(data[pos:pos + 4], "big"), data[pos + 4:pos + 8]
+        pos += 12 + length  # length, type, data, CRC
+        if kind == b"IEND":
+            return pos <= len(data)
+    return False
+
+
+def truncated(path: str | os.PathLike) -> str | None:
+    """Why the JPEG or PNG file is cut short ("truncated: ..."), or None (complete, another format, or unreadable).
+
+    Cheap: the end of the file is read first, and the whole file only where that end is not the format's end
+    marker (a complete file with bytes appended after it). Other formats are judged by their decoder."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - _TAIL))
+            tail = f.read()
+            if head.startswith(_JPEG_SOI):
+                if tail.rstrip(b"\x00").endswith(b"\xff\xd9"):  # EOI, maybe zero padding after it
+                    return None
+                f.seek(0)
+                if not _jpeg_complete(f.read()):
+                    return "truncated: the JPEG data ends before its end marker"
+            elif head == _PNG_SIGNATURE:
+                if tail.endswith(_PNG_IEND):
+                    return None
+                f.seek(0)
+                if not _png_complete(f.read()):
+                    return "truncated: the PNG data ends before its IEND chunk"
+    except OSError:
+        return None  # unreadable, which the reader that follows says
+    return None
+
+
 def image_size(path: Path) -> tuple[int, int] | None:
     """(width, height) as cv2.imread would decode the file, or None if it is not a readable image."""
     try:
@@ -257,7 +374,7 @@ def _find_image(frame: str, dirs: list[Path], suffixes: tuple[str, ...]) -> Path
     for d in dirs:
         for suffix in suffixes:
             candidate = d / (frame + suffix)
-            if candidate.is_file():
+            if candidate.is_file() or link_problem(candidate):  # a broken link is reported as missing, by name
                 return candidate
     return None
 
@@ -322,6 +439,9 @@ def load_dataset(
     samples = []
     for frame in sorted(parser.frames):
         path = _find_image(frame, dirs, suffixes)
+        if path is not None and truncated(path):  # pillow reads a size from the header; OpenCV would decode grey
+            report.truncated_images.append(str(path))
+            continue
         size = None if path is None else image_size(path)
         if size is None:
             report.missing_images.append(str(path or (dirs[0] if dirs else data_dir) / (frame + suffixes[0])))
@@ -334,4 +454,9 @@ def load_dataset(
     if report.missing_images:
         log.warning("%d of %d labelled frames have no readable image and are left out", len(report.missing_images),
                     len(parser.frames))
+    if report.truncated_images:
+        log.warning("%d of %d labelled frames have a truncated image and are left out", len(report.truncated_images),
+                    len(parser.frames))
+    if report.duplicate_boxes:
+        log.warning("%d duplicate label rows (same frame, box and label) are counted once", report.duplicate_boxes)
     return samples, report

@@ -21,6 +21,7 @@ for calibration and checks) and `sample_video` (the bundled real highway clip).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 import threading
@@ -189,11 +190,24 @@ def read_image(path: str | os.PathLike) -> np.ndarray | str:
     return image
 
 
+def link_problem(path: str | os.PathLike) -> str | None:
+    """Why `path`, a symbolic link, leads to no file ("broken link to X", "link loop"), or None."""
+    if not os.path.islink(path) or os.path.exists(path):
+        return None
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "link loop (the link leads back to itself)"
+    return f"broken link to {os.readlink(path)} (no such file)"
+
+
 def image_paths(folder: str | os.PathLike, *, recursive: bool = False) -> list[Path]:
-    """The image files (IMAGE_SUFFIXES, any case) in `folder`, sorted; with `recursive`, in its subfolders too."""
+    """The image files (IMAGE_SUFFIXES, any case) in `folder`, sorted; with `recursive`, in its subfolders too.
+    Broken and looping links with an image suffix are included, so that readers list them as unreadable."""
     folder = Path(folder)
     found = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(p for p in found if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    return sorted(p for p in found if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_file() or link_problem(p)))
 
 
 def _quiet_capture(target: str | int, threads: int | None = None) -> cv2.VideoCapture:
@@ -330,7 +344,8 @@ def sample_frames(source: str | os.PathLike, limit: int) -> list[np.ndarray]:
         for i in spread(len(paths), limit):
             frame = read_image(paths[i])
             if isinstance(frame, str):
-                raise FastYoloError(f"cannot read {paths[i]} as an image ({frame}): remove it from the folder")
+                why = link_problem(paths[i]) or frame
+                raise FastYoloError(f"cannot read {paths[i]} as an image ({why}): remove it from the folder")
             frames.append(frame)
         return frames
     if source.is_file() and source.suffix.lower() in VIDEO_SUFFIXES:

@@ -1,7 +1,8 @@
 """What `fastyolo detect` reads: an image, a folder, a glob, a video file or a camera index.
 
 Every source yields `Frame`s. Image sources skip files OpenCV cannot decode and list them in
-`skipped` (the run goes on); videos and cameras that cannot be opened raise one clear error.
+`skipped` (the run goes on), broken and looping links among them; videos and cameras that cannot be
+opened raise one clear error.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from fastyolo.errors import FastYoloError
-from fastyolo.fileio import IMAGE_SUFFIXES, Closing, VideoReader, read_image
+from fastyolo.fileio import IMAGE_SUFFIXES, Closing, VideoReader, image_paths, link_problem, read_image
 
 __all__ = ["IMAGE_SUFFIXES", "Frame", "ImageSource", "VideoSource", "open_source", "read_image"]
 
@@ -47,7 +48,7 @@ class ImageSource(Closing):
         for path in self.paths:
             image = read_image(path)
             if isinstance(image, str):
-                self.skipped.append((path, image))
+                self.skipped.append((path, link_problem(path) or image))
                 continue
             yield Frame(image, index, path, self.names[path])
             index += 1
@@ -104,7 +105,7 @@ def open_source(spec: str) -> Source:
         return open_camera(int(spec))
     path = Path(spec).expanduser()
     if path.is_dir():
-        paths = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        paths = image_paths(path)  # broken links too: listed as skipped, not left out unsaid
         if not paths:
             raise FastYoloError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {path}: "
                                 "pass a folder of images, a video or a glob")
@@ -114,10 +115,12 @@ def open_source(spec: str) -> Source:
             return ImageSource([path])
         return open_video(path)
     if glob.has_magic(spec):
-        paths = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
+        paths = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file() or link_problem(p))
         if not paths:
             raise FastYoloError(f"no files match {spec!r}: check the pattern (quote it so the shell does not expand it)")
         return ImageSource(paths)
+    if link_problem(path):
+        raise FastYoloError(f"{spec}: {link_problem(path)}")
     raise FastYoloError(f"source not found: {spec} (expected an image, a folder, a glob, a video file or a camera index)")
 
 
