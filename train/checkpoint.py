@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import pickle
+import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -10,12 +13,14 @@ from typing import Any
 import torch
 from fastyolo.train.model import YoloNet
 
-from fastyolo.errors import ModelError
+from fastyolo.errors import ModelError, OutputError
 from fastyolo.layout import describe
 
 
 def save_checkpoint(path: str | os.PathLike, model: YoloNet, **extra: Any) -> None:
-    """Save model weights, backbone name, layout and anything in `extra` (optimizer, epoch, ...)."""
+    """Save model weights, backbone name, layout and anything in `extra` (optimizer, epoch, ...).
+
+    A failed write (a full disk) raises OutputError in one line and leaves the earlier file as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {"model": model.state_dict(), "backbone": model.backbone_name, "head": model.head_name, "layout": describe(),
@@ -27,26 +32,51 @@ def save_checkpoint(path: str | os.PathLike, model: YoloNet, **extra: Any) -> No
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # torch.save reports a failed write as a RuntimeError of its own
+        Path(tmp).unlink(missing_ok=True)
+        raise write_failed(path, exc) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def read_torch_file(path: Path, *, weights_only: bool, missing: str, what: str) -> Any:
-    """torch.load on the CPU with one-line ModelErrors: `missing` if there is no file, else unreadable `what`."""
+def write_failed(path: Path, exc: BaseException) -> OutputError:
+    """One line for a file that could not be written: why, the space left, and that nothing was replaced."""
+    if isinstance(exc, OutputError):
+        return exc
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else \
+        f"the write failed ({(str(exc).strip().splitlines() or [type(exc).__name__])[0]})"
+    try:
+        free = f"; {shutil.disk_usage(path.parent).free / 2**20:.0f} MiB free there"
+    except OSError:
+        free = ""
+    kept = f"{path.name} as last written is kept" if path.exists() else "nothing was replaced"
+    return OutputError(f"cannot write {path}: {reason}{free}; {kept}")
+
+
+def read_torch_file(path: Path, *, missing: str, what: str) -> Any:
+    """torch.load on the CPU, tensors and plain data only (weights_only): a pickle that names any other
+    function or class could run code as it loads, so it is refused before anything of it runs.
+    One-line ModelErrors: `missing` if there is no file, else what is wrong with the file."""
     if not path.is_file():
         raise ModelError(missing)
     try:
-        return torch.load(path, map_location="cpu", weights_only=weights_only)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        named = re.search(r"GLOBAL (\S+)", str(exc))
+        held = f"it holds {named.group(1)}" if named else "it holds objects other than tensors and plain data"
+        raise ModelError(f"{path} is not a {what} or not trusted: {held}, which could run code as it loads "
+                         "(refused unread; fastyolo files hold tensors and plain data only)") from None
     except Exception as exc:
-        raise ModelError(f"{path} is not a readable {what} ({type(exc).__name__}: {exc})") from None
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise ModelError(f"{path} is not a readable {what} ({type(exc).__name__}: {first})") from None
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a checkpoint dict, with clear errors for a missing, corrupt or foreign file."""
+    """Read a checkpoint dict (tensors and plain data only), with clear errors for a missing, corrupt,
+    foreign or untrusted file."""
     path = Path(path)
-    state = read_torch_file(path, weights_only=False, missing=f"checkpoint not found: {path}",
-                            what="fastyolo checkpoint")
+    state = read_torch_file(path, missing=f"checkpoint not found: {path}", what="fastyolo checkpoint")
     if not isinstance(state, dict) or "model" not in state or "backbone" not in state:
         raise ModelError(f"{path} is a torch file but not a fastyolo checkpoint (no 'model'/'backbone' entries)")
     if state.get("layout", describe()) != describe():
@@ -57,9 +87,24 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 def load_model(path: str | os.PathLike) -> YoloNet:
     """The network of a checkpoint, in eval mode."""
     state = load_checkpoint(path)
-    model = YoloNet(state["backbone"], head=state.get("head", "fc"))  # checkpoints before the conv head: fc
-    model.load_state_dict(state["model"])
+    try:
+        model = YoloNet(state["backbone"], head=state.get("head", "fc"))  # checkpoints before the conv head: fc
+    except (ValueError, TypeError) as exc:
+        raise ModelError(f"{path} is not a fastyolo checkpoint: {exc}") from None
+    load_weights(model, state, path)
     return model.eval()
+
+
+def load_weights(model: YoloNet, state: dict[str, Any], path: str | os.PathLike) -> None:
+    """A checkpoint's weights into `model`, or one ModelError line saying why they do not fit it."""
+    try:
+        keys = model.load_state_dict(state["model"], strict=False)
+        problem = keys.missing_keys and f"{len(keys.missing_keys)} of its weights missing, e.g. {keys.missing_keys[0]}"
+        problem = problem or keys.unexpected_keys and f"weights of another network, e.g. {keys.unexpected_keys[0]}"
+    except (ValueError, KeyError, TypeError, AttributeError, RuntimeError) as exc:  # shapes of another network
+        problem = (str(exc).strip().splitlines() or [type(exc).__name__])[-1].strip()
+    if problem:
+        raise ModelError(f"{path} does not fit a {model.backbone_name} {model.head_name}-head YoloNet: {problem}")
 
 
 def rng_state() -> dict[str, Any]:

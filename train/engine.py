@@ -26,7 +26,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from fastyolo.train.cache import FrameCache, build_cache
-from fastyolo.train.checkpoint import load_checkpoint, read_torch_file, rng_state, save_checkpoint, set_rng_state
+from fastyolo.train.checkpoint import (
+    load_checkpoint,
+    load_weights,
+    read_torch_file,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from fastyolo.train.config import AMP_MODES, AUGMENT_ON, TrainConfig
 from fastyolo.train.data import EpochBatches, YoloDataset
 from fastyolo.train.device_augment import DeviceAugmenter
@@ -496,7 +503,7 @@ class _Run:
             start = load_checkpoint(config.init)
             if start["backbone"] != config.backbone:
                 raise FastYoloError(f"--init {config.init} holds a {start['backbone']}: pass --backbone {start['backbone']}")
-            model.load_state_dict(start["model"])
+            load_weights(model, start, config.init)
         return model.to(self.device)
 
     def _resume(self) -> None:
@@ -719,7 +726,7 @@ def resolve_pretrained(setting: str | None, backbone: str) -> str | None:
 def load_pretrained(model: YoloNet, path: str | os.PathLike) -> None:
     """Load a torchvision ImageNet ResNet state dict from a local file into the backbone."""
     path = Path(path)
-    state = read_torch_file(path, weights_only=True, what="torch state dict",
+    state = read_torch_file(path, what="torch state dict",
                             missing=f"--pretrained file not found: {path} (a torchvision ResNet state dict .pth)")
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
