@@ -11,10 +11,12 @@ import numba
 import numpy as np
 
 from fastyolo.backends import open_session
+from fastyolo.backends.base import wrong_output
 from fastyolo.detections import Detections
 from fastyolo.errors import ModelError
 from fastyolo.input_format import NORMALIZED
 from fastyolo.kernels import decode_nms_batch, warmup
+from fastyolo.layout import output_shape
 from fastyolo.model_file import read_onnx
 from fastyolo.preprocess import Resized, preprocess_for
 
@@ -55,6 +57,16 @@ class Pipeline(Protocol):
 
 def default_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def check_output(grids: Any, frames: int, model: str | os.PathLike) -> np.ndarray:
+    """The runtime's output, refused unless it is (frames, S, S, CELL_SIZE) float32: a model's header may
+    declare that shape and compute another (onnxruntime only warns, OpenVINO runs what the graph computes),
+    and the decode kernel indexes without bounds checks, so it would read past the buffer. O(1): no copy."""
+    shape, dtype = tuple(getattr(grids, "shape", ())), getattr(grids, "dtype", None)
+    if shape != output_shape(frames) or dtype != np.float32:
+        raise wrong_output(model, shape, dtype, frames)
+    return grids
 
 
 def split_batch(boxes, scores, classes, counts) -> list[Detections]:
@@ -105,7 +117,7 @@ class CpuPipeline:
         return out
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run(batch)
+        return check_output(self.session.run(batch), batch.shape[0], self.model.path)
 
     def new_input(self, frames: list[np.ndarray | Resized]) -> np.ndarray:
         """The network input for `frames` in a fresh array (preprocess reuses this thread's buffer)."""
@@ -123,6 +135,8 @@ class CpuPipeline:
         return [self.session.run] * (count or 1), 1
 
     def postprocess(self, grids: np.ndarray, sizes: np.ndarray, conf: float, iou: float, top_k: int) -> list[Detections]:
+        # Outputs reach here from infer, parallel runners and callers of Detector.decode: the kernel trusts the shape.
+        check_output(grids, len(sizes), self.model.path)
         # Sigmoid/softmax outputs are finite; NaN or inf means a broken model, and the kernels'
         # comparisons would quietly drop such boxes instead of saying so.
         if not np.isfinite(grids).all():

@@ -126,8 +126,22 @@ class JsonlSink(Sink):
             self.stream.close()
 
 
+# A spreadsheet runs a cell that starts with one of these as a formula (OWASP, "CSV Injection"): a file named
+# '=HYPERLINK(...).jpg' would become a live link. Text cells get a leading apostrophe, which spreadsheets hide.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def text_cell(text: str) -> str:
+    """A text cell a spreadsheet shows as text: neutralised with a leading ' where it would start a formula."""
+    return f"'{text}" if text.startswith(FORMULA_STARTS) else text
+
+
 class CsvSink(Sink):
-    """One row per detection: frame, source, track_id, label, score, x1, y1, x2, y2."""
+    """One row per detection: frame, source, track_id, label, score, x1, y1, x2, y2.
+
+    Text cells (source, label) that a spreadsheet would run as a formula start with ' (text_cell); numbers,
+    negative ones too, are written as they are.
+    """
 
     COLUMNS = ("frame", "source", "track_id", "label", "score", "x1", "y1", "x2", "y2")
 
@@ -137,10 +151,11 @@ class CsvSink(Sink):
         self.writer.writerow(self.COLUMNS)
 
     def write(self, index: int, detections: Detections, source: str | None = None) -> None:
-        source = "" if source is None else str(source)
+        source = "" if source is None else text_cell(str(source))
         for d in detections:
             track = "" if d.track_id is None else d.track_id
-            self.writer.writerow([index, source, track, d.label, f"{d.score:.4f}", *(f"{v:.2f}" for v in d.box)])
+            self.writer.writerow([index, source, track, text_cell(d.label), f"{d.score:.4f}",
+                                  *(f"{v:.2f}" for v in d.box)])
         self.stream.flush()
 
     def close(self) -> None:

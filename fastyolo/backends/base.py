@@ -18,6 +18,19 @@ class Session(Protocol):
         ...
 
 
+def wrong_output(model: object, shape: tuple, dtype: object, frames: int) -> Exception:
+    """The ModelError for a model whose output is not (frames, S, S, CELL_SIZE) float32, whatever its header declares."""
+    from fastyolo.errors import ModelError
+    from fastyolo.layout import output_shape
+
+    def dims(t: tuple) -> str:
+        return "x".join(map(str, t)) or "a scalar"
+
+    return ModelError(f"{model} outputs {dims(shape)} {dtype} for {frames} frame(s), not the {dims(output_shape(frames))} "
+                      "float32 of fastyolo's layout, whatever its header declares: a broken or forged model; "
+                      "export it again with 'fastyolo export'")
+
+
 def check_precision(model_precision: str, requested: str, backend: str) -> None:
     from fastyolo.errors import ModelError
 

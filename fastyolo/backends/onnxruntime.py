@@ -22,6 +22,9 @@ class OnnxRuntimeSession:
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Errors only: its warnings (a declared output shape the graph does not compute, initializers it drops) are
+        # stderr noise beside fastyolo's own one-line checks (fastyolo.pipeline.check_output refuses such a model).
+        options.log_severity_level = 3
         try:
             self.session = ort.InferenceSession(str(model.path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:

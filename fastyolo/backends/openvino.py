@@ -6,10 +6,10 @@ import threading
 
 import numpy as np
 
-from fastyolo.backends.base import check_precision
+from fastyolo.backends.base import check_precision, wrong_output
 from fastyolo.errors import ModelError
 from fastyolo.input_format import NORMALIZED, UINT8, input_shape
-from fastyolo.layout import INPUT_NAME, MEAN, STD
+from fastyolo.layout import INPUT_NAME, MEAN, STD, output_shape
 from fastyolo.model_file import ModelFile
 from fastyolo.precisions import openvino_hints
 
@@ -78,9 +78,19 @@ class OpenVINOSession:
         self._compiled: dict[object, object] = {}  # batch -> latency model; ("throughput", batch) -> async model
         self.streams = 1
         self._compile(1)
+        self._check_output(model)
         ran = self._compiled[1].get_property("INFERENCE_PRECISION_HINT").to_string()
         self.precision = "int8" if model.precision == "int8" else {"bf16": "bf16", "f32": "fp32"}.get(ran, ran)
         self.threads = int(self._compiled[1].get_property("INFERENCE_NUM_THREADS"))
+
+    def _check_output(self, model: ModelFile) -> None:
+        """OpenVINO infers the output's shape from the graph, not from the header: a model whose header declares
+        the layout but that computes another is refused before any frame (the pipeline checks every output too)."""
+        output = self._compiled[1].output(0)
+        shape = tuple(d.get_length() if d.is_static else "?" for d in output.get_partial_shape())
+        kind = output.get_element_type().get_type_name()
+        if shape != output_shape(1) or kind != "f32":
+            raise wrong_output(model.path, shape, {"f32": "float32"}.get(kind, kind), 1)
 
     def _compile(self, batch: int):
         with self._lock:

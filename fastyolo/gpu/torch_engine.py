@@ -222,6 +222,11 @@ class TorchPipeline:
         self._record("h2d_normalize")
         with self.torch.no_grad():
             out = self.net(images)
+        # The layout's grid, or its flat rows (a fully connected head); anything else would decode as garbage.
+        if tuple(out.shape) not in ((n, GRID, GRID, CELL_SIZE), (n, GRID * GRID * CELL_SIZE)):
+            from fastyolo.backends.base import wrong_output
+
+            raise wrong_output(self.source, tuple(out.shape), out.dtype, n)
         self._grids[:n].copy_(out.reshape(n, GRID, GRID, CELL_SIZE))
         self._record("network")
         self._result[:1].zero_()
