@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from fastyolo.errors import UsageError
 
 MILESTONES = (0.8, 0.9)  # fractions of all steps where the learning rate drops 10x
 WARMUP = 0.05  # fraction of all steps of linear warm-up from lr/10
 AMP_MODES = ("auto", "bf16", "fp16", "off")  # TrainConfig.amp
 CACHE_MODES = ("auto", "memory", "disk", "off")  # TrainConfig.cache
 AUGMENT_ON = ("auto", "workers", "device")  # TrainConfig.augment_on
+BALANCED = "balanced"  # TrainConfig.source_weights: every --data folder the same share of each epoch
+CLASS_BALANCE = 0.5  # --class-balance without a value: LVIS's t, classes in under half the frames drawn more
 
 
 @dataclass
@@ -48,4 +54,50 @@ class TrainConfig:
     eval_every: int = 1
     min_size: float = 0.0  # boxes smaller than this (pixels) are ignored by the mAP
     val_name: str = "val"  # how to call the validation frames: "val", or "train" when they are the training frames
+    # The recipe of issue 20, each off until measured on data the run did not train on (bench/RESULTS.md).
+    # Sampling (train/data.py sampling_weights): one weight per --data folder (each of its frames drawn that many
+    # times as often), or BALANCED; and LVIS's repeat-factor threshold t for frames of rare classes (0: off).
+    source_weights: tuple[float, ...] | str | None = None
+    class_balance: float = 0.0
+    mosaic: float = 0.0  # chance that an augmented frame is a 2x2 mosaic of four (train/augment.py draw_mosaic)
+    zoom: float = 1.0  # augmentation zooms in up to this factor: distant cars seen larger (1: off)
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.source_weights = parse_source_weights(self.source_weights)
+        check_recipe(self)
+
+
+def parse_source_weights(value: Sequence[str | float] | str | None) -> tuple[float, ...] | str | None:
+    """--source-weights as given (["1", "1", "2"], ["balanced"], a tuple of numbers) -> numbers or BALANCED."""
+    if value is None or value == BALANCED:
+        return value
+    if isinstance(value, str):
+        value = value.split()
+    words = list(value)
+    if [str(w).lower() for w in words] == [BALANCED]:
+        return BALANCED
+    try:
+        weights = tuple(float(w) for w in words)
+    except ValueError:
+        raise UsageError(f"--source-weights takes one number per --data folder or '{BALANCED}', got "
+                         f"{' '.join(map(str, words))}") from None
+    if not weights or not all(math.isfinite(w) and w >= 0 for w in weights) or not any(weights):
+        raise UsageError(f"--source-weights must be numbers >= 0, not all 0, got {' '.join(map(str, words))}")
+    return weights
+
+
+def check_recipe(config: TrainConfig) -> None:
+    """The recipe's options in range and fit together (one UsageError line), before any data is read."""
+    if not 0.0 <= config.mosaic <= 1.0:
+        raise UsageError(f"--mosaic is a probability in [0, 1], got {config.mosaic}")
+    if not (math.isfinite(config.zoom) and config.zoom >= 1.0):
+        raise UsageError(f"--zoom is the largest zoom-in factor, at least 1 (1: off), got {config.zoom}")
+    if not (math.isfinite(config.class_balance) and config.class_balance >= 0.0):
+        raise UsageError(f"--class-balance is a fraction of the frames t >= 0 (0: off), got {config.class_balance}")
+    if config.mosaic > 0 and config.augment and config.augment_on == "device":
+        raise UsageError("--mosaic needs --augment-on workers (the device warps one frame per item)")
+    folders = config.extra.get("data")
+    if isinstance(config.source_weights, tuple) and isinstance(folders, list | tuple) and \
+            len(config.source_weights) != len(folders):
+        raise UsageError(f"--source-weights: {len(config.source_weights)} weights for {len(folders)} --data folders")
