@@ -19,7 +19,9 @@ from fastyolo.datasets import load_dataset
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"  # as conftest.py
 TEACHER = SHARED_DATA / "teacher" / "yolox_nano.onnx"
+PICODET = SHARED_DATA / "teacher" / "picodet_s_416_coco.onnx"
 UDACITY = SHARED_DATA / "udacity_test_images"
+FULL_FRAME = ("--no-tiles", "--flip", "none")  # one view per frame: quick, where the views are not the point
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +35,7 @@ def udacity(udacity_dir: Path) -> Path:
 
 
 def _label(capsys, *argv) -> tuple[int, str]:
-    rc = main(["label", *map(str, argv), "--no-progress"])
+    rc = main(["label", *map(str, argv), "--no-progress", *FULL_FRAME])
     return rc, capsys.readouterr().err
 
 
@@ -139,7 +141,49 @@ def test_bad_options_one_line(capsys, tmp_path: Path, teacher: Path, udacity: Pa
     _one_line_error(*_label(capsys, udacity, "--teacher", tmp_path / "none.onnx", "-o", out), r"teacher model not found")
     foreign = tmp_path / "fastyolo.onnx"
     fastyolo_layout_onnx(foreign)
-    _one_line_error(*_label(capsys, udacity, "--teacher", foreign, "-o", out), r"not a YOLOX COCO detector")
+    _one_line_error(*_label(capsys, udacity, "--teacher", foreign, "-o", out), r"not a COCO teacher in a layout")
+    _one_line_error(*_label(capsys, udacity, "--teacher", teacher, "--teacher", tmp_path / "none.onnx", "-o", out),
+                    r"teacher model not found: .*none.onnx")
+    _one_line_error(*_label(capsys, udacity, "--teacher", teacher, "--teacher-weights", "1,2", "-o", out),
+                    r"--teacher-weights has 2 values for 1 --teacher")
+    _one_line_error(*_label(capsys, udacity, "--teacher", teacher, "--teacher-weights", "x", "-o", out),
+                    r"--teacher-weights: expected numbers")
+    _one_line_error(*_label(capsys, udacity, "--teacher", teacher, "--view-conf", 0.5, "--conf", 0.3, "-o", out),
+                    r"--view-conf 0.5 is above --conf 0.3")
+    _one_line_error(*_label(capsys, udacity, "--teacher", teacher, "--tile-overlap", 1, "-o", out), r"--tile-overlap")
+    _one_line_error(*_label(capsys, udacity, "--teacher", teacher, "--fusion-iou", 0, "-o", out), r"--fusion-iou")
     _one_line_error(*_label(capsys, tmp_path / "missing.mp4", "--teacher", teacher, "-o", out), r"source not found")
     _one_line_error(*_label(capsys, "0", "--teacher", teacher, "-o", out), r"not cameras")
     assert not out.exists()  # nothing written by a refused run
+
+
+def test_two_teachers_on_tiles_and_flips(capsys, tmp_path: Path, teacher: Path, kitti_dir: Path):
+    """The default views (full frame, 4 native-scale tiles, all flipped) of two teachers, fused: the labels are
+    what fastyolo.teacher_views.Ensemble gives, and sources.json names every teacher and view."""
+    from fastyolo.teacher import Teacher
+    from fastyolo.teacher_views import Ensemble
+
+    if not PICODET.is_file():
+        pytest.skip(f"PicoDet teacher not found at {PICODET}")
+    frames = tmp_path / "kitti"
+    frames.mkdir()
+    shutil.copy(kitti_dir / "images" / "000038.jpg", frames / "000038.jpg")  # 11 cars, 4 of them small
+    out = tmp_path / "ds"
+    rc = main(["label", str(frames), "--teacher", str(PICODET), "--teacher", str(teacher), "-o", str(out),
+               "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    samples, report = _load(out)
+    manifest = json.loads((out / "sources.json").read_text())
+    assert [t["layout"] for t in manifest["teachers"]] == ["picodet", "yolox"]
+    assert [t["path"] for t in manifest["teachers"]] == [str(PICODET), str(teacher)]
+    views = manifest["views"]["1242x375"]
+    assert list(views) == [str(PICODET), str(teacher)]
+    for names in views.values():
+        assert names[:3] == ["full", "full flipped", "tile 0,0 416x375"] and len(names) == 10
+    assert manifest["fusion"] == "wbf" and manifest["tiles"] and manifest["flip"] == "all"
+    ensemble = Ensemble([Teacher(PICODET, conf=manifest["view_conf"]), Teacher(teacher, conf=manifest["view_conf"])])
+    expected = ensemble.detect(cv2.imread(str(frames / "000038.jpg")))
+    assert len(samples) == 1 and len(samples[0].boxes) == len(expected) >= 6
+    np.testing.assert_allclose(samples[0].boxes, np.rint(expected.boxes), atol=0)
+    assert samples[0].class_ids.tolist() == expected.class_ids.tolist()

@@ -1,7 +1,9 @@
-"""The labelling teacher (fastyolo.teacher): YOLOX decode, letterbox, NMS, class mapping; on real KITTI frames."""
+"""The labelling teachers (fastyolo.teacher): YOLOX and PicoDet decode, letterbox, NMS, class mapping, layout
+detection; their views (fastyolo.teacher_views) and box fusion (fastyolo.fusion); on real KITTI frames."""
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
@@ -10,28 +12,46 @@ import numpy as np
 import pytest
 from conftest import fastyolo_layout_onnx
 
+from fastyolo.detections import Detections
 from fastyolo.errors import ModelError
+from fastyolo.fusion import pooled_nms, weighted_boxes_fusion
 from fastyolo.layout import CLASS_NAMES
 from fastyolo.teacher import (
     PAD_VALUE,
     Teacher,
     anchor_points,
     decode,
+    decode_picodet,
     letterbox,
     map_coco,
     nms,
     unletterbox,
 )
+from fastyolo.teacher_views import Ensemble, View, plan_views, tile_starts, view_detections
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"  # as conftest.py
 TEACHER = SHARED_DATA / "teacher" / "yolox_nano.onnx"
+PICODET = SHARED_DATA / "teacher" / "picodet_s_416_coco.onnx"
 SIZE = (416, 416)
+FRAMES = (16, 36, 38)  # kitti_tiny frames with the most small distant cars
 CAR, TRUCK, PED = (CLASS_NAMES.index(n) for n in ("Car", "Truck", "Pedestrian"))
 
 
 @pytest.fixture(scope="module")
 def teacher(teacher_path: Path) -> Teacher:
-    return Teacher(teacher_path)
+    return Teacher(teacher_path, backend="onnxruntime")  # the demo's runtime: its numbers exactly
+
+
+@pytest.fixture(scope="module")
+def picodet_path() -> Path:
+    if not PICODET.is_file():
+        pytest.skip(f"PicoDet teacher not found at {PICODET} (../shared/data beside the repo)")
+    return PICODET
+
+
+@pytest.fixture(scope="module")
+def picodet(picodet_path: Path) -> Teacher:
+    return Teacher(picodet_path, backend="onnxruntime")
 
 
 def _row(stride: int, gx: int, gy: int) -> int:
@@ -163,7 +183,8 @@ def test_teacher_refuses_missing_and_foreign_models(tmp_path: Path):
         Teacher(tmp_path / "nope.onnx")
     foreign = tmp_path / "fastyolo.onnx"
     fastyolo_layout_onnx(foreign)
-    with pytest.raises(ModelError, match="not a YOLOX COCO detector"):
+    with pytest.raises(ModelError, match=r"fastyolo.onnx is not a COCO teacher in a layout fastyolo reads: expected "
+                                         r"YOLOX .* or PicoDet .*; it has inputs \[\['N', 3, 224, 224\]\]"):
         Teacher(foreign)
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"not an onnx file" * 10)
@@ -171,8 +192,45 @@ def test_teacher_refuses_missing_and_foreign_models(tmp_path: Path):
         Teacher(junk)
 
 
-def test_teacher_reads_input_size_from_model(teacher: Teacher):
-    assert teacher.input_size == (416, 416) and teacher.input_name == "images"
+def _outputs_onnx(path: Path, shapes: list[list[int]]) -> None:
+    """A model with one image input and constant outputs of these shapes (layout detection only looks at shapes)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    inp = helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 416, 416])
+    outs, nodes = [], []
+    for i, shape in enumerate(shapes):
+        outs.append(helper.make_tensor_value_info(f"o{i}", TensorProto.FLOAT, shape))
+        value = helper.make_tensor(f"v{i}", TensorProto.FLOAT, shape, np.zeros(int(np.prod(shape))).tolist())
+        nodes.append(helper.make_node("Constant", [], [f"o{i}"], value=value))
+    onnx.save(helper.make_model(helper.make_graph(nodes, "g", [inp], outs)), str(path))
+
+
+def test_layout_read_from_the_onnx(tmp_path: Path, teacher: Teacher, picodet: Teacher):
+    assert (teacher.layout, teacher.input_name, teacher.input_size) == ("yolox", "images", (416, 416))
+    assert (picodet.layout, picodet.input_name, picodet.input_size) == ("picodet", "image", (416, 416))
+    pico = [[1, n, 80] for n in (2704, 676, 169, 49)] + [[1, n, 32] for n in (2704, 676, 169, 49)]
+    _outputs_onnx(tmp_path / "pico.onnx", pico)
+    assert Teacher(tmp_path / "pico.onnx", backend="onnxruntime").layout == "picodet"  # shapes decide, not names
+    for name, shapes, pattern in (
+        ("seven.onnx", pico[:7], "not a COCO teacher in a layout"),  # seven outputs
+        ("classes.onnx", [[1, n, 20] for n in (2704, 676, 169, 49)] + pico[4:], "not a COCO teacher"),  # 20 classes
+        ("anchors.onnx", [[1, 2704, 80], [1, 676, 80], [1, 169, 80], [1, 36, 80]] + pico[4:], "stride 64 .* 49"),
+        ("yolox.onnx", [[1, 3000, 85]], "3000 rows where strides"),
+    ):
+        _outputs_onnx(tmp_path / name, shapes)
+        with pytest.raises(ModelError, match=pattern):
+            Teacher(tmp_path / name, backend="onnxruntime")
+
+
+@functools.cache
+def _session(path: Path):
+    """The model on a plain onnxruntime session, as the published demos run it."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def _yolox_demo(teacher: Teacher, image: np.ndarray) -> np.ndarray:
@@ -183,7 +241,7 @@ def _yolox_demo(teacher: Teacher, image: np.ndarray) -> np.ndarray:
     resized = cv2.resize(image, (int(image.shape[1] * r), int(image.shape[0] * r)), interpolation=cv2.INTER_LINEAR)
     padded[: int(image.shape[0] * r), : int(image.shape[1] * r)] = resized
     blob = np.ascontiguousarray(padded.transpose(2, 0, 1), dtype=np.float32)[None]
-    out = teacher.session.run(None, {"images": blob})[0][0].copy()
+    out = _session(teacher.path).run(None, {"images": blob})[0][0].copy()
     grids, strides = [], []
     for s in (8, 16, 32):
         xv, yv = np.meshgrid(np.arange(416 // s), np.arange(416 // s))
@@ -250,3 +308,202 @@ def test_teacher_finds_kitti_cars(teacher: Teacher, kitti_dir: Path, kitti_image
     assert objects == 49
     assert found / objects >= 0.5, f"recall {found}/{objects}"
     assert correct / dets >= 0.7, f"precision {correct}/{dets}"
+
+
+def _picodet_row(stride: int, gx: int, gy: int) -> int:
+    offset = {8: 0, 16: 52 * 52, 32: 52 * 52 + 26 * 26, 64: 52 * 52 + 26 * 26 + 13 * 13}[stride]
+    return offset + gy * math.ceil(416 / stride) + gx
+
+
+def test_picodet_decode_hand_built_outputs():
+    n = [52 * 52, 26 * 26, 13 * 13, 7 * 7]
+    outputs = [np.zeros((k, 80), np.float32) for k in n] + [np.full((k, 32), -30.0, np.float32) for k in n]
+    # (stride, grid x, grid y, bins of left/top/right/bottom, COCO class, score) -> expected box
+    cases = [(8, 3, 2, (1, 2, 3, 0), 2, 0.9), (64, 6, 6, (7, 7, 0, 1), 0, 0.6)]
+    for stride, gx, gy, bins, cls, score in cases:
+        level = {8: 0, 16: 1, 32: 2, 64: 3}[stride]
+        row = _picodet_row(stride, gx, gy) - sum(n[:level])
+        outputs[level][row, cls] = score
+        for side, b in enumerate(bins):
+            outputs[4 + level][row, side * 8 + b] = 30.0  # a one-hot distribution: distance b * stride
+    boxes, scores = decode_picodet([o[None] for o in outputs], SIZE)
+    assert boxes.shape == (sum(n), 4) and scores.shape == (sum(n), 80)
+    for stride, gx, gy, (left, top, right, bottom), cls, score in cases:
+        row = _picodet_row(stride, gx, gy)
+        cx, cy = gx * stride + (stride - 1) / 2, gy * stride + (stride - 1) / 2
+        expected = (cx - left * stride, cy - top * stride, cx + right * stride, cy + bottom * stride)
+        np.testing.assert_allclose(boxes[row], expected, atol=1e-3)
+        assert scores[row, cls] == pytest.approx(score)
+    # A flat distribution is the mean bin, 3.5 strides from the centre on every side.
+    np.testing.assert_allclose(boxes[0], [3.5 - 28, 3.5 - 28, 3.5 + 28, 3.5 + 28], atol=1e-3)
+    with pytest.raises(ModelError, match="anchor rows"):
+        decode_picodet([o[None, :10] for o in outputs], SIZE)
+
+
+def _picodet_demo(path: Path, image: np.ndarray, threshold: float) -> np.ndarray:
+    """hpc203/picodet-onnxruntime's main.py pipeline written out independently, with PaddleDetection's resize
+    (no aspect kept, as the teacher README measured): rows x1, y1, x2, y2, score, COCO class (before clipping)."""
+    mean = np.array([103.53, 116.28, 123.675], np.float32)
+    std = np.array([57.375, 57.12, 58.395], np.float32)
+    img = cv2.resize(image, (416, 416), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+    blob = ((img / 255.0 - mean / 255.0) / (std / 255.0)).transpose(2, 0, 1)[None]
+    outs = _session(path).run(None, {"image": np.ascontiguousarray(blob, np.float32)})
+    all_boxes, all_scores = [], []
+    for i, stride in enumerate((8, 16, 32, 64)):
+        side = math.ceil(416 / stride)
+        xv, yv = np.meshgrid(np.arange(side) * stride, np.arange(side) * stride)
+        anchors = np.stack((xv.flatten() + 0.5 * (stride - 1), yv.flatten() + 0.5 * (stride - 1)), axis=-1)
+        dist = np.exp(outs[4 + i][0].reshape(-1, 8))
+        dist = (dist / dist.sum(axis=1, keepdims=True)) @ np.arange(8)
+        d = dist.reshape(-1, 4) * stride
+        all_boxes.append(np.stack([anchors[:, 0] - d[:, 0], anchors[:, 1] - d[:, 1],
+                                   anchors[:, 0] + d[:, 2], anchors[:, 1] + d[:, 3]], axis=-1))
+        all_scores.append(outs[i][0])
+    boxes, scores = np.concatenate(all_boxes), np.concatenate(all_scores)
+    cls = scores.argmax(1)
+    best = scores[np.arange(len(cls)), cls]
+    valid = np.flatnonzero(best > threshold)
+    keep = valid[_reference_nms(boxes[valid], best[valid], 0.45)]
+    scale = np.array([image.shape[1] / 416, image.shape[0] / 416] * 2)
+    return np.concatenate([boxes[keep] * scale, best[keep, None], cls[keep, None]], 1)
+
+
+def test_picodet_matches_its_demo_on_real_frames(picodet: Teacher, kitti_images: list[Path]):
+    found = 0
+    for path in kitti_images[:3]:
+        image = cv2.imread(str(path))
+        boxes, scores, coco = picodet.detect_coco(image)
+        ref = _picodet_demo(picodet.path, image, picodet.conf)
+        ref = ref[np.argsort(-ref[:, 4], kind="stable")]
+        h, w = image.shape[:2]
+        np.testing.assert_allclose(boxes, ref[:, :4].clip(0, [w, h, w, h]), atol=1e-2)
+        np.testing.assert_allclose(scores, ref[:, 4], atol=1e-6)
+        assert coco.tolist() == ref[:, 5].astype(int).tolist()
+        found += int(np.isin(coco, [0, 2, 5, 7]).sum())
+    assert found >= 5  # measured: 14 people and vehicles in these three frames
+
+
+def test_openvino_runs_the_same_teachers(teacher: Teacher, picodet: Teacher, kitti_images: list[Path]):
+    image = cv2.imread(str(kitti_images[10]))
+    for reference in (teacher, picodet):
+        fast = Teacher(reference.path)  # OpenVINO, the default
+        a, b = reference.candidates(image), fast.candidates(image)
+        np.testing.assert_allclose(a[0], b[0], atol=0.05)  # pixels
+        np.testing.assert_allclose(a[1], b[1], atol=2e-3)  # scores
+
+
+def test_tile_layout_and_views():
+    assert tile_starts(1242, 416, 0.25) == [0, 275, 551, 826]  # 4 tiles, neighbours share >= 104 px
+    assert tile_starts(1242, 416, 0.0) == [0, 413, 826]
+    assert tile_starts(400, 416, 0.25) == [0]
+    views = plan_views(1242, 375, (416, 416), 0.25, "all")
+    assert [v.name for v in views[:4]] == ["full", "full flipped", "tile 0,0 416x375", "tile 0,0 416x375 flipped"]
+    assert len(views) == 10 and all(v.y2 - v.y1 == 375 and v.x2 - v.x1 == 416 for v in views[2:])
+    assert len(plan_views(960, 540, (416, 416), 0.25, "full")) == 2 + 3 * 2  # 3 columns x 2 rows, unflipped
+    assert [v.name for v in plan_views(416, 300, (416, 416), 0.25, "none")] == ["full"]  # no tile of a small frame
+    # A box in a flipped tile comes back to the frame where the object is.
+    image = np.zeros((375, 1242, 3), np.uint8)
+    image[100:150, 600:700] = 255
+    tile = View(551, 0, 967, 375, flip=True, tile=True)
+    crop = tile.crop(image)
+    ys, xs = np.nonzero(crop[..., 0])
+    back = tile.to_frame(np.array([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], np.float32))
+    np.testing.assert_allclose(back, [[600, 100, 700, 150]])
+    assert tile.inner(1242, 375) == (554.0, 0.0, 964.0, 375.0)  # 3 px in from the edges inside the frame
+
+
+class _FixedTeacher:
+    """A teacher double that finds the same boxes (crop pixels) in whatever it is shown."""
+
+    input_size = (416, 416)
+
+    def __init__(self, boxes):
+        self.boxes = np.asarray(boxes, np.float32)
+
+    def detect(self, image, conf=None):
+        n = len(self.boxes)
+        return Detections(self.boxes, np.full(n, 0.9, np.float32), np.zeros(n, np.int32))
+
+
+def test_tile_boxes_cut_by_an_inner_edge_are_dropped():
+    image = np.zeros((375, 1242, 3), np.uint8)
+    fake = _FixedTeacher([[0, 50, 40, 90], [100, 50, 150, 90], [380, 50, 416, 90]])  # left edge, inside, right edge
+    inside = view_detections(fake, image, View(275, 0, 691, 375, tile=True), 0.1)
+    np.testing.assert_allclose(inside.boxes, [[375, 50, 425, 90]])
+    first = view_detections(fake, image, View(0, 0, 416, 375, tile=True), 0.1)  # the frame's own edge stays
+    np.testing.assert_allclose(first.boxes, [[0, 50, 40, 90], [100, 50, 150, 90]])
+    assert len(view_detections(fake, image, View(0, 0, 1242, 375), 0.1)) == 3  # the full frame keeps all
+
+
+def _dets(rows) -> Detections:
+    rows = np.asarray(rows, np.float32).reshape(-1, 6)
+    return Detections(rows[:, :4], rows[:, 4], rows[:, 5].astype(np.int32))
+
+
+def test_weighted_boxes_fusion_hand_computed():
+    a = _dets([[0, 0, 100, 100, 0.9, CAR], [300, 0, 340, 40, 0.6, PED]])
+    b = _dets([[10, 10, 110, 110, 0.3, CAR]])
+    fused = weighted_boxes_fusion([a, b], iou_thr=0.55, agnostic=False)
+    # The two cars (IoU 0.68) are one box: corners weighted 0.9 : 0.3, score (0.9 + 0.3) / 2 models.
+    np.testing.assert_allclose(fused.boxes, [[2.5, 2.5, 102.5, 102.5], [300, 0, 340, 40]], atol=1e-4)
+    np.testing.assert_allclose(fused.scores, [0.6, 0.3], atol=1e-6)  # the pedestrian only one model saw: 0.6 / 2
+    assert fused.class_ids.tolist() == [CAR, PED]
+    weighted = weighted_boxes_fusion([a, b], weights=[1.0, 3.0], iou_thr=0.55)
+    np.testing.assert_allclose(weighted.scores, [(0.9 + 0.9) / 4, 0.6 / 4], atol=1e-6)
+    np.testing.assert_allclose(weighted.boxes[0], [5, 5, 105, 105], atol=1e-4)  # 0.9 : 0.9 after the weights
+    # Below the IoU threshold: two boxes.
+    assert len(weighted_boxes_fusion([a, b], iou_thr=0.7)) == 3
+    # A van: one teacher says car, the other truck. Per class: two boxes; agnostic: one, the stronger class's.
+    c = _dets([[10, 10, 110, 110, 0.5, TRUCK]])
+    assert len(weighted_boxes_fusion([a[:1], c], agnostic=False)) == 2
+    one = weighted_boxes_fusion([a[:1], c], agnostic=True)
+    assert one.class_ids.tolist() == [CAR] and one.scores.tolist() == pytest.approx([0.7])
+    assert len(weighted_boxes_fusion([Detections.empty(), Detections.empty()])) == 0
+
+
+def test_fusion_counts_only_the_views_that_saw_a_box():
+    far_car = [700, 150, 720, 165, 0.8, CAR]  # a small car only the tile found
+    full, tile = _dets([]), _dets([far_car])
+    plain = weighted_boxes_fusion([full, tile], visible=None)
+    aware = weighted_boxes_fusion([full, tile], visible=[None, (554.0, 0.0, 964.0, 375.0)])
+    assert plain.scores.tolist() == pytest.approx([0.4])
+    assert aware.scores.tolist() == pytest.approx([0.4])  # the full frame saw it too: it votes
+    tile_a, tile_b = _dets([far_car]), _dets([])
+    aware = weighted_boxes_fusion([full, tile_a, tile_b], visible=[None, (554, 0, 964, 375), (0, 0, 413, 375)])
+    assert aware.scores.tolist() == pytest.approx([0.4])  # 0.8 over the two views that held it, not three
+    assert weighted_boxes_fusion([full, tile_a, tile_b]).scores.tolist() == pytest.approx([0.8 / 3])
+
+
+def test_pooled_nms_keeps_the_best_box():
+    a = _dets([[0, 0, 100, 100, 0.9, CAR]])
+    b = _dets([[10, 10, 110, 110, 0.95, TRUCK], [300, 0, 340, 40, 0.6, PED]])
+    kept = pooled_nms([a, b], iou_thr=0.5)
+    assert kept.class_ids.tolist() == [TRUCK, PED] and kept.scores.tolist() == pytest.approx([0.95, 0.6])
+    assert len(pooled_nms([a, b], iou_thr=0.5, agnostic=False)) == 3
+
+
+def test_tiles_find_more_kitti_cars(teacher_path: Path, picodet_path: Path, kitti_dir: Path,
+                                    kitti_images: list[Path]):
+    """Three kitti_tiny frames with small distant cars: PicoDet on the full frame and its native-scale tiles, fused,
+    finds more labelled cars (IoU >= 0.5) than YOLOX-nano on the full frame (the old labeller), at a precision no
+    worse (boxes on a labelled vehicle or DontCare region). Measured: 16 of 22 cars against 10, precision 20 / 27
+    against 10 / 18."""
+    plain = Ensemble([Teacher(teacher_path, conf=0.05)], tiles=False, flip="none")
+    tiled = Ensemble([Teacher(picodet_path, conf=0.05)], flip="none")
+    counts = {"plain": [0, 0, 0], "tiled": [0, 0, 0]}  # cars found, boxes on a vehicle or DontCare, boxes
+    cars = 0
+    for path in (kitti_images[i] for i in FRAMES):
+        labels = _kitti_objects(kitti_dir / "label_2" / f"{path.stem}.txt")
+        truth = [b for kind, b in labels if kind == "Car"]
+        anything = [b for kind, b in labels if kind in ("Car", "Van", "Truck", "DontCare")]
+        cars += len(truth)
+        image = cv2.imread(str(path))
+        for name, ensemble in (("plain", plain), ("tiled", tiled)):
+            d = ensemble.detect(image)
+            boxes = d.boxes[d.class_ids == CAR]
+            counts[name][0] += sum(any(_iou(t, b) >= 0.5 for b in boxes) for t in truth)
+            counts[name][1] += sum(any(_iou(b, t) >= 0.5 for t in anything) for b in boxes)
+            counts[name][2] += len(boxes)
+    assert counts["tiled"][0] >= counts["plain"][0] + 3, (counts, cars)
+    precision = {k: v[1] / v[2] for k, v in counts.items()}
+    assert precision["tiled"] >= precision["plain"] - 0.05, counts

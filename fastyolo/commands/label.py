@@ -1,13 +1,18 @@
-"""fastyolo label SOURCE... --teacher T.onnx -o DATASET: label footage with a COCO teacher (YOLOX ONNX).
+"""fastyolo label SOURCE... --teacher T.onnx [--teacher T2.onnx] -o DATASET: label footage with COCO teachers.
+
+Teachers are COCO detectors in the YOLOX or PicoDet ONNX layout (recognised from the file). Each runs on
+several views of a frame (the full frame, overlapping native-scale tiles, their horizontal flips:
+fastyolo.teacher_views), and all their boxes are fused by weighted boxes fusion (fastyolo.fusion).
 
 The dataset is what `fastyolo train`/`eval` and `fastyolo.datasets.load_dataset` read:
 
     DATASET/labels.csv     crowdAI layout, header xmin,ymin,xmax,ymax,Frame,Label,Preview URL (integer pixels)
     DATASET/images/        one JPEG per labelled frame, named SOURCE_FRAME.jpg (e.g. highway_clip_000123.jpg)
-    DATASET/sources.json   the teacher and options, and per frame: source path, frame index, file, boxes
+    DATASET/sources.json   every teacher, view and fusion setting, and per frame: source path, frame index, file,
+                           boxes
 
 File names carry the source and its frame index so that contiguous segments of a video can be held
-out for validation. Frames where the teacher finds nothing are not written: a crowdAI CSV cannot list
+out for validation. Frames where the teachers find nothing are not written: a crowdAI CSV cannot list
 a frame without boxes, and a teacher's empty frame is as likely a miss as a true negative.
 """
 
@@ -24,8 +29,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from fastyolo import teacher_views as views
 from fastyolo.errors import FastYoloError
 from fastyolo.layout import CLASS_NAMES
+from fastyolo.teacher import DEFAULT_IOU
 
 CSV_HEADER = ["xmin", "ymin", "xmax", "ymax", "Frame", "Label", "Preview URL"]
 JPEG_QUALITY = 95
@@ -41,19 +48,40 @@ DEFAULT_DEDUP = 0.001
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
-        "label", help="label images or video with a COCO teacher detector (YOLOX ONNX) into a training dataset",
-        description="Run a COCO detector in the YOLOX ONNX layout over images, folders, globs or videos and write a "
-                    "dataset fastyolo train/eval read: labels.csv (crowdAI), images/, sources.json. COCO car -> Car, "
-                    "truck and bus -> Truck, person -> Pedestrian.",
+        "label", help="label images or video with COCO teacher detectors (YOLOX or PicoDet ONNX) into a training dataset",
+        description="Run COCO detectors (YOLOX or PicoDet ONNX layout) on the full frame, overlapping native-scale "
+                    "tiles and their flips, fuse their boxes (weighted boxes fusion) and write a dataset fastyolo "
+                    "train/eval read: labels.csv (crowdAI), images/, sources.json. COCO car -> Car, truck and bus -> "
+                    "Truck, person -> Pedestrian.",
     )
     p.add_argument("sources", nargs="+", metavar="SOURCE",
                    help="image, folder of images, quoted glob ('frames/*.png') or video file; several are allowed")
-    p.add_argument("--teacher", type=Path, required=True, help="YOLOX COCO .onnx (e.g. yolox_nano.onnx)")
+    p.add_argument("--teacher", type=Path, action="append", required=True,
+                   help="COCO detector .onnx, YOLOX or PicoDet layout (e.g. picodet_s_416_coco.onnx); give it again "
+                        "for more teachers, whose boxes are fused")
+    p.add_argument("--teacher-weights", default=None, metavar="W1,W2",
+                   help="fusion weight of each teacher, in --teacher order [1 each]")
     p.add_argument("-o", "--output", type=Path, required=True,
                    help="dataset folder to create (must not exist yet, or be empty)")
     p.add_argument("--every", type=int, default=1, help="label every Nth frame of each source [1]")
-    p.add_argument("--conf", type=float, default=0.35, help="teacher score threshold, objectness x class [0.35]")
-    p.add_argument("--iou", type=float, default=0.45, help="teacher NMS IoU threshold [0.45, as YOLOX's demo]")
+    p.add_argument("--conf", type=float, default=views.DEFAULT_CONF,
+                   help=f"score a fused box needs to become a label [{views.DEFAULT_CONF}]")
+    p.add_argument("--tiles", action=argparse.BooleanOptionalAction, default=views.DEFAULT_TILES,
+                   help="also run each teacher on overlapping tiles of its own input size, at native scale "
+                        f"(small, distant objects) [{'on' if views.DEFAULT_TILES else 'off'}]")
+    p.add_argument("--tile-overlap", type=float, default=views.DEFAULT_OVERLAP,
+                   help=f"fraction of a tile shared with its neighbour [{views.DEFAULT_OVERLAP}]")
+    p.add_argument("--flip", choices=views.FLIPS, default=views.DEFAULT_FLIP,
+                   help="horizontal flips: none, the full frame's, or every view's [%(default)s]")
+    p.add_argument("--fusion", choices=views.FUSIONS, default=views.DEFAULT_FUSION,
+                   help="how the views' and teachers' boxes are merged: weighted boxes fusion or one pooled NMS "
+                        "[%(default)s]")
+    p.add_argument("--fusion-iou", type=float, default=views.DEFAULT_FUSION_IOU,
+                   help=f"IoU above which boxes of different views are one object [{views.DEFAULT_FUSION_IOU}]")
+    p.add_argument("--view-conf", type=float, default=views.DEFAULT_VIEW_CONF,
+                   help=f"score a box needs in one view to go into the fusion [{views.DEFAULT_VIEW_CONF}]")
+    p.add_argument("--iou", type=float, default=DEFAULT_IOU,
+                   help=f"each teacher's own NMS IoU threshold [{DEFAULT_IOU}, as YOLOX's demo]")
     p.add_argument("--class-aware-nms", action="store_true",
                    help="one NMS per COCO class (YOLOX's class-aware variant) instead of the demo's class-agnostic NMS")
     p.add_argument("--dedup", type=float, default=DEFAULT_DEDUP,
@@ -61,7 +89,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         f"{CHANGE_LEVEL} levels since the last frame kept from its source; 0 keeps every frame "
                         f"[{DEFAULT_DEDUP}]")
     p.add_argument("--max-frames", type=int, default=None, help="stop after writing this many frames")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for the teacher [onnxruntime's default]")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for each teacher [the runtime's default]")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -88,9 +116,33 @@ def _validate(args: argparse.Namespace) -> None:
         raise FastYoloError(f"--dedup must be a fraction in [0, 1) (0 keeps every frame), got {args.dedup}")
     if args.max_frames is not None and args.max_frames < 1:
         raise FastYoloError(f"--max-frames must be at least 1, got {args.max_frames}")
-    if not args.teacher.is_file():
-        raise FastYoloError(f"teacher model not found: {args.teacher} (a YOLOX COCO .onnx, e.g. "
-                            "../shared/data/teacher/yolox_nano.onnx)")
+    for name, value in (("--tile-overlap", args.tile_overlap),):
+        if not 0.0 <= value < 1.0:
+            raise FastYoloError(f"{name} must be in [0, 1), got {value}")
+    if not 0.0 < args.fusion_iou <= 1.0:
+        raise FastYoloError(f"--fusion-iou must be in (0, 1], got {args.fusion_iou}")
+    if not 0.0 <= args.view_conf < 1.0:
+        raise FastYoloError(f"--view-conf must be in [0, 1), got {args.view_conf}")
+    if args.view_conf > args.conf:
+        raise FastYoloError(f"--view-conf {args.view_conf:g} is above --conf {args.conf:g}: boxes that could become "
+                            "labels would be dropped before the fusion")
+    if args.threads is not None and args.threads < 1:
+        raise FastYoloError(f"--threads must be at least 1, got {args.threads}")
+    if args.teacher_weights is not None:
+        try:
+            args.teacher_weights = [float(v) for v in str(args.teacher_weights).split(",")]
+        except ValueError:
+            raise FastYoloError(f"--teacher-weights: expected numbers separated by commas, one per --teacher, got "
+                                f"{args.teacher_weights!r}") from None
+        if len(args.teacher_weights) != len(args.teacher):
+            raise FastYoloError(f"--teacher-weights has {len(args.teacher_weights)} values for {len(args.teacher)} "
+                                "--teacher")
+        if any(not w > 0 for w in args.teacher_weights):
+            raise FastYoloError(f"--teacher-weights must be positive, got {args.teacher_weights}")
+    for path in args.teacher:
+        if not path.is_file():
+            raise FastYoloError(f"teacher model not found: {path} (a COCO YOLOX or PicoDet .onnx, e.g. "
+                                "../shared/data/teacher/picodet_s_416_coco.onnx)")
 
 
 def _check_output(output: Path, inputs: list[Path]) -> None:
@@ -151,6 +203,7 @@ def run(args: argparse.Namespace) -> int:
 
     from fastyolo.sources import open_source
     from fastyolo.teacher import Teacher
+    from fastyolo.teacher_views import Ensemble
 
     _validate(args)
     opened = []
@@ -162,15 +215,18 @@ def run(args: argparse.Namespace) -> int:
         inputs = [Path(spec) for spec, _ in opened if Path(spec).exists()]
         inputs += [p for _, source in opened for p in source.paths]
         _check_output(args.output, inputs)
-        teacher = Teacher(args.teacher, conf=args.conf, iou=args.iou, class_agnostic=not args.class_aware_nms,
-                          threads=args.threads)
-        return _label(args, opened, teacher, tqdm)
+        teachers = [Teacher(path, conf=args.view_conf, iou=args.iou, class_agnostic=not args.class_aware_nms,
+                            threads=args.threads) for path in args.teacher]
+        ensemble = Ensemble(teachers, weights=args.teacher_weights, tiles=args.tiles, overlap=args.tile_overlap,
+                            flip=args.flip, fusion=args.fusion, fusion_iou=args.fusion_iou, view_conf=args.view_conf,
+                            conf=args.conf)
+        return _label(args, opened, ensemble, tqdm)
     finally:
         for _, source in opened:
             source.close()
 
 
-def _label(args: argparse.Namespace, opened: list, teacher, tqdm) -> int:
+def _label(args: argparse.Namespace, opened: list, ensemble, tqdm) -> int:
     out: Path = args.output
     images_dir = out / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
@@ -178,6 +234,7 @@ def _label(args: argparse.Namespace, opened: list, teacher, tqdm) -> int:
     summary = Summary()
     frames_meta: list[dict] = []
     per_source: list[dict] = []
+    views_by_size: dict[str, dict] = {}  # "WxH" -> the views each teacher ran on frames of that size
     total = sum(-(-len(s) // args.every) for _, s in opened) or None
     bar = tqdm(total=total, desc="label", unit="frame", disable=args.no_progress, dynamic_ncols=True)
     interrupted = True
@@ -205,7 +262,9 @@ def _label(args: argparse.Namespace, opened: list, teacher, tqdm) -> int:
                         continue
                     last = thumb
                     h, w = frame.image.shape[:2]
-                    dets = teacher.detect(frame.image)
+                    if f"{w}x{h}" not in views_by_size:
+                        views_by_size[f"{w}x{h}"] = {t["path"]: t["views"] for t in ensemble.describe(w, h)["teachers"]}
+                    dets = ensemble.detect(frame.image)
                     boxes, keep = _integer_boxes(dets.boxes, w, h)
                     if not keep.any():
                         summary.empty += 1
@@ -233,8 +292,7 @@ def _label(args: argparse.Namespace, opened: list, teacher, tqdm) -> int:
         finally:
             bar.close()
             manifest = {
-                "teacher": str(args.teacher), "conf": args.conf, "iou": args.iou,
-                "nms": "class-aware" if args.class_aware_nms else "class-agnostic",
+                **ensemble.describe(), "views": views_by_size,
                 "every": args.every, "dedup": args.dedup, "complete": not interrupted,
                 "sources": per_source, "frames": frames_meta,
             }
