@@ -35,7 +35,7 @@ from fastyolo.train.checkpoint import (
     set_rng_state,
 )
 from fastyolo.train.config import AMP_MODES, AUGMENT_ON, TrainConfig
-from fastyolo.train.data import EpochBatches, YoloDataset
+from fastyolo.train.data import EpochBatches, YoloDataset, sampling_weights
 from fastyolo.train.device_augment import DeviceAugmenter
 from fastyolo.train.loss import yolo_loss
 from fastyolo.train.model import YoloNet
@@ -436,12 +436,14 @@ class _Run:
         # fp16 needs loss scaling (its gradients underflow); bf16 has fp32's range and does not.
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision.dtype == torch.float16)
         on_device = pick_augment_on(config.augment_on, config.augment, config.cache != "off") == "device"
+        weights = sampling_weights(train_samples, config, self.say)  # --source-weights, --class-balance (None: off)
         train_cache, val_cache = self._build_caches(train_samples, val_samples)
         self.augmenter = DeviceAugmenter(train_cache.large, device) if on_device else None
         self.train_set = YoloDataset(train_samples, augment=config.augment, seed=config.seed, aspect=config.aspect,
-                                     cache=train_cache, augment_on_device=on_device)
+                                     cache=train_cache, augment_on_device=on_device, mosaic=config.mosaic,
+                                     zoom=config.zoom, partners=weights)
         self.batches = EpochBatches(len(self.train_set), config.batch, seed=config.seed, rank=ddp.rank,
-                                    world_size=ddp.world_size)
+                                    world_size=ddp.world_size, weights=weights)
         self.steps_per_epoch = self.batches.per_epoch
         # The last epochs see the frames as inference will: the network settles on the real distribution.
         self.augment_until = config.epochs - round(config.clean_tail * config.epochs) if config.augment else 0

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from fastyolo.errors import FastYoloError, MissingDependencyError
-from fastyolo.train.config import AMP_MODES, AUGMENT_ON, CACHE_MODES
+from fastyolo.train.config import AMP_MODES, AUGMENT_ON, CACHE_MODES, CLASS_BALANCE
 
 # Settings that define a run's data; --resume keeps them unless the command line gives new ones.
 RUN_SETTINGS = ("data", "labels", "val", "val_split", "skip_malformed")
@@ -54,6 +54,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float,
                    help="base learning rate [AdamW 1e-3, SGD 1e-2] (warm-up from lr/10, /10 at 80%% and 90%% of the steps)")
     p.add_argument("--no-augment", action="store_true", help="no translate/scale/HSV/flip augmentation")
+    p.add_argument("--source-weights", nargs="+", metavar="W",
+                   help="sampling weight of each --data folder's frames, one number per folder ('1 1 2': the third's "
+                        "twice as often), or 'balanced': every folder the same share of each epoch [pooled as read]")
+    p.add_argument("--class-balance", type=float, nargs="?", const=CLASS_BALANCE, default=d["class_balance"],
+                   metavar="T", help="repeat-factor sampling (LVIS): frames holding a class found in under a share T "
+                                     "of the frames come sqrt(T / share) times as often "
+                                     f"[{d['class_balance']}: off; the flag alone: {CLASS_BALANCE}]")
+    p.add_argument("--mosaic", type=float, default=d["mosaic"], metavar="P",
+                   help=f"chance that an augmented frame is a 2x2 mosaic of four (not in the clean tail) [{d['mosaic']}]")
+    p.add_argument("--zoom", type=float, default=d["zoom"], metavar="MAX",
+                   help=f"augmentation zooms in up to MAX (a random crop enlarged; 1: off) [{d['zoom']}]")
     p.add_argument("--dropout", type=float, default=d["dropout"],
                    help=f"head dropout while training [{d['dropout']}]")
     p.add_argument("--seed", type=int, default=d["seed"])
@@ -179,6 +190,7 @@ def run(args: argparse.Namespace) -> int:
             device=args.device, eval_every=args.eval_every, min_size=args.min_size, extra=settings,
             amp=args.amp or TrainConfig.amp, cache=args.cache or TrainConfig.cache,
             cache_dir=args.cache_dir and str(args.cache_dir), augment_on=args.augment_on or TrainConfig.augment_on,
+            source_weights=args.source_weights, class_balance=args.class_balance, mosaic=args.mosaic, zoom=args.zoom,
         )
 
     main_process = int(os.environ.get("RANK", "0")) == 0
