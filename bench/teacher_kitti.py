@@ -1,4 +1,5 @@
-"""Recall and precision of the labelling teacher (YOLOX-nano, COCO) on the 75 kitti_tiny frames.
+"""Recall and precision of one labelling teacher (YOLOX-nano by default, or --teacher PicoDet) on the full
+frame of the 75 kitti_tiny frames (bench/teachers.py measures views, teachers and fusion).
 
 Ground truth: KITTI label_2/ with Car and Van as Car (the teacher README's "cars and vans"), Truck as
 Truck, Pedestrian and Person_sitting as Pedestrian. A detection is a true positive when it has IoU >= 0.5
@@ -24,7 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from fastyolo.teacher import DEFAULT_CONF, DEFAULT_IOU, Teacher, decode, map_coco, nms, unletterbox
+from fastyolo.teacher import DEFAULT_CONF, DEFAULT_IOU, Teacher, map_coco, nms
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 MATCH_IOU = 0.5
@@ -116,11 +117,11 @@ def main() -> None:
     for path in images:
         image = cv2.imread(str(path))
         objects = read_kitti(args.data / "label_2" / (path.stem + ".txt"))
-        raw, r = teacher.raw(image)
-        boxes, scores = decode(raw, teacher.input_size)
+        boxes, scores = teacher.candidates(image)  # frame pixels, before NMS
+        h, w = image.shape[:2]
         for mode, agnostic in modes.items():
             keep, kept_scores, coco = nms(boxes, scores, args.conf, DEFAULT_IOU, agnostic)
-            det_boxes = unletterbox(boxes[keep], r, (image.shape[1], image.shape[0])).astype(np.float64)
+            det_boxes = boxes[keep].clip(0, [w, h, w, h]).astype(np.float64)
             names = np.array([("Car", "Truck", "Pedestrian")[i] if i >= 0 else "" for i in map_coco(coco)])
             for min_h in HEIGHTS:
                 for cls in CLASSES:
