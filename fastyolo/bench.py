@@ -100,6 +100,7 @@ class BenchResult:
             "frame_latency_ms": self.percentiles()["total"],
             "input": i.get("input"),
             "normalize": i.get("normalize"),
+            "tiles": i.get("tiles", "off"),
             "stage_unit": "ms per frame; total = frame latency (decode start to detections); period = critical path "
                           "per frame (previous frame's detections to this one's); throughput mode: a batch's time / "
                           "its frames",
@@ -116,7 +117,8 @@ class BenchResult:
             f"backend    {i['backend']} on {i.get('device', 'CPU')}, precision {i['precision']}, threads {i['threads']}"
             + (f" ({threads})" if threads else ""),
             f"mode       {self.mode}: {how}",
-            f"input      {i.get('input', '?')}, normalised on the {i.get('normalize', '?')}",
+            f"input      {i.get('input', '?')}, normalised on the {i.get('normalize', '?')}"
+            + (f"; tiles {i['tiles']} (a frame's tiles in one network call)" if i.get("tiles", "off") != "off" else ""),
             f"frames     {self.frames} in {self.seconds:.2f} s: {self.fps:.1f} FPS end to end",
             f"latency    {self.p50('total'):.2f} ms p50 per frame, decode start to detections "
             "(not 1/FPS: frames overlap)" if self.overlap else
@@ -424,6 +426,9 @@ def _throughput(detector: Detector, reader: VideoReader, frames: int, warmup: in
                 batch: int, in_flight: int | None) -> BenchResult:
     if detector.info["backend"] not in CPU_BACKENDS:
         raise FastYoloError("throughput mode pipelines the CPU runtimes (OpenVINO, onnxruntime): use latency mode here")
+    if detector.info.get("tiles", "off") != "off":
+        raise FastYoloError(f"throughput mode runs whole frames, and this Detector tiles them ({detector.info['tiles']}): "
+                            "use latency mode")
     collector = _Collector(detector, frames, keep, progress)
     runner = _Runner(detector, batch, in_flight, collector.done)
     try:

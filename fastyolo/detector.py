@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 
 from fastyolo import cfg
+from fastyolo import tiles as tiling
 from fastyolo.detections import Detections
-from fastyolo.errors import ModelError
+from fastyolo.errors import ModelError, UsageError
 from fastyolo.layout import INPUT_SIZE
 from fastyolo.pipeline import CpuPipeline, Pipeline, default_threads
 from fastyolo.preprocess import Resized, check_frame, frame_size, prepare
@@ -54,6 +55,8 @@ class Detector:
         threads: int | None = None,
         device: str | None = None,
         normalize: str = "auto",
+        tiles: str | cfg.TileSpec = cfg.TILES,
+        tile_overlap: float = cfg.TILE_OVERLAP,
     ):
         if model is None:  # the trained model that ships in the package (fastyolo/weights/README.md)
             from fastyolo.shipped import shipped_model
@@ -64,6 +67,9 @@ class Detector:
         on_torch = backend == "torch" or Path(model).suffix.lower() == ".pt"
         cfg.check_runtime(model=model, backend="auto" if on_torch else backend, precision="fp32" if on_torch else precision,
                           conf=conf, iou=iou, threads=threads, top_k=top_k, flag=False)
+        # tiles: "off", "auto", "3x1", "3x1+full" ... (fastyolo.tiles): every tile of every frame in one network call
+        self.tiles = cfg.parse_tiles(tiles, "tiles")
+        self.tile_overlap = cfg.check_tile_overlap(tile_overlap)
         path = Path(model)
         if not path.is_file():
             raise ModelError(f"model file not found: {path}")
@@ -85,19 +91,22 @@ class Detector:
             self.pipeline = CpuPipeline(path, backend, precision, threads, normalize)
         # A pipeline that is not thread-safe by itself (TensorRT: one context and stream) runs one call at a time.
         self._lock = None if getattr(self.pipeline, "thread_safe", False) else threading.Lock()
+        if not self.tiles.off:
+            tiling.warmup()
 
     @property
     def info(self) -> dict[str, Any]:
         """Backend, device, precision that actually runs, input size, threads, model path."""
-        return {**self.pipeline.info, "input_size": INPUT_SIZE, "conf": self.conf, "iou": self.iou}
+        return {**self.pipeline.info, "input_size": INPUT_SIZE, "conf": self.conf, "iou": self.iou,
+                "tiles": str(self.tiles), "tile_overlap": self.tile_overlap}
 
-    @staticmethod
-    def prepare(frame: np.ndarray) -> Resized:
+    def prepare(self, frame: np.ndarray) -> Resized:
         """Check and resize a frame now (any thread), so that detect/detect_batch skip that step.
 
-        For overlapping the host work with inference: a decode thread calls this one frame ahead.
+        For overlapping the host work with inference: a decode thread calls this one frame ahead. With
+        tiles, every tile is resized (a `fastyolo.tiles.Tiled`, still a Resized of the whole frame).
         """
-        return prepare(frame)
+        return prepare(frame) if self.tiles.off else tiling.prepare_tiled(frame, self.tiles, self.tile_overlap)
 
     def detect(self, frame: np.ndarray | Resized) -> Detections:
         """Detect in one HxWx3 uint8 BGR frame of any size (or a `prepare`d one); boxes are in its pixels."""
@@ -114,11 +123,39 @@ class Detector:
         frames = [f if isinstance(f, Resized) else check_frame(f) for f in frames]
         if not frames:
             return []
+        if not self.tiles.off:
+            return self._run_tiled(frames, conf, timings)
         sizes = np.array([frame_size(f) for f in frames], dtype=np.float64)
         if self._lock is None:
             return self._run(frames, sizes, conf, timings)
         with self._lock:
             return self._run(frames, sizes, conf, timings)
+
+    def _run_tiled(self, frames: list[np.ndarray | Resized], conf: float,
+                   timings: MutableMapping[str, float] | None) -> list[Detections]:
+        """Every window (tile, or whole frame) of every frame through one network call, then merged per frame."""
+        clock = time.perf_counter
+        t0 = clock()
+        inputs: list[np.ndarray | Resized] = []
+        plans = []
+        for frame in frames:
+            crops, windows = tiling.crops(frame, self.tiles, self.tile_overlap)
+            inputs += crops
+            plans.append((windows, *frame_size(frame)))
+        sizes = np.array([frame_size(f) for f in inputs], dtype=np.float64)
+        stage: dict[str, float] = {}
+        with self._lock or _NO_LOCK:
+            found = self._run(inputs, sizes, conf, stage)
+        t1 = clock()
+        out, start = [], 0
+        for windows, width, height in plans:
+            out.append(tiling.merge_detections(found[start : start + len(windows)], windows, width, height, self.iou,
+                                               self.top_k))
+            start += len(windows)
+        if timings is not None:  # the crops count as preprocessing, the merge as postprocessing
+            timings.update(preprocess=t1 - t0 - stage["infer"] - stage["postprocess"], infer=stage["infer"],
+                           postprocess=stage["postprocess"] + clock() - t1)
+        return out
 
     def _run(self, frames: list[np.ndarray], sizes: np.ndarray, conf: float,
              timings: MutableMapping[str, float] | None) -> list[Detections]:
@@ -137,6 +174,7 @@ class Detector:
 
     def raw_outputs(self, frames: Sequence[np.ndarray | Resized]) -> np.ndarray:
         """The network's (N, S, S, CELL_SIZE) float32 output for the frames, on the host (for agreement checks)."""
+        self._untiled("raw_outputs")
         frames = [f if isinstance(f, Resized) else check_frame(f) for f in frames]
         with self._lock or _NO_LOCK:
             return np.array(self.pipeline.infer(self.pipeline.preprocess(frames)), np.float32)
@@ -151,12 +189,14 @@ class Detector:
         sizes: each frame's (width, height) in pixels, so boxes come out in frame pixels; conf: the
         score threshold for this call [the Detector's]. Raises ModelError on NaN/inf outputs.
         """
+        self._untiled("decode")
         conf = self.conf if conf is None else cfg.check_fraction("conf", conf)
         sizes = np.asarray(sizes, np.float64).reshape(-1, 2)
         return self._cpu("decode").postprocess(grids, sizes, conf, self.iou, self.top_k)
 
     def network_input(self, frames: Sequence[np.ndarray | Resized]) -> np.ndarray:
         """The network's input for `frames` (any sizes, or `prepare`d) in a new array, safe to keep in flight."""
+        self._untiled("network_input")
         frames = [f if isinstance(f, Resized) else check_frame(f) for f in frames]
         return self._cpu("network_input").new_input(frames)
 
@@ -169,6 +209,12 @@ class Detector:
         handles on its thread-safe session, since one run already uses every thread.
         """
         return self._cpu("parallel_runners").parallel_runners(batch, count)
+
+    def _untiled(self, what: str) -> None:
+        """The step-by-step calls see whole frames: with tiles on they would silently drop the tiles."""
+        if not self.tiles.off:
+            raise UsageError(f"Detector.{what} runs whole frames, and this Detector tiles them (tiles={self.tiles}): "
+                             "use detect_batch, or a Detector with tiles='off'")
 
     def _cpu(self, what: str) -> CpuPipeline:
         if not isinstance(self.pipeline, CpuPipeline):

@@ -94,6 +94,9 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UsageError("--before-after and --backbones go with --compare")
     if args.backbones and args.before_after and args.model:
         raise UsageError("--before-after --backbones times the untrained reference networks: leave out --model")
+    if not args.tiles.off and (args.compare or args.check or args.mode != "latency"):
+        raise UsageError(f"--tiles {args.tiles} times latency mode (the tiles of a frame are one batch): leave out "
+                         "--compare, --check and --mode throughput/both")
 
 
 def _variants(args: argparse.Namespace, model: Path, needs_int8: bool, int8_model) -> list:
@@ -230,7 +233,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.precision == "int8" and is_onnx:
         model = int8_model()
     detector = Detector(model, backend=args.backend, precision=args.precision, threads=args.threads,
-                        conf=args.conf, iou=args.iou, normalize=args.normalize)
+                        conf=args.conf, iou=args.iou, normalize=args.normalize, tiles=args.tiles)
     modes = ("latency", "throughput") if args.mode == "both" else (args.mode,)
     runs = []
     print(f"video      {video}")

@@ -26,9 +26,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path,
                    help="exported .onnx (or TensorRT .plan) [the packaged model, for --precision]")
     p.add_argument("-o", "--output", type=Path,
-                   help="annotated video for a video or camera (.mp4; .mkv or .avi also stay playable if the process "
-                        "is killed); a folder (created) for images, "
-                        "or an image file for one image")
+                   help="annotated video for a video or camera (.mp4/.mkv: H.264, .webm: VP9, .avi: Motion JPEG; "
+                        ".mkv, .webm and .avi also stay playable if the process is killed outright); a folder (created) "
+                        "for images, or an image file for one image")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--jsonl", help="detections per frame as JSON lines ('-' for stdout)")
     out.add_argument("--csv", help="one CSV row per detection ('-' for stdout)")
@@ -115,7 +115,7 @@ class _Run:
         if args.output is not None and self.source.kind == "images":
             self.image_sink = stack.enter_context(ImageSink(args.output, self.source.paths))
         self.detector = Detector(args.model, backend=args.backend, precision=args.precision, conf=args.conf,
-                                 iou=args.iou, threads=args.threads)
+                                 iou=args.iou, threads=args.threads, tiles=args.tiles)
         self.tracker = (Tracker(conf=self.detector.conf, fps=self.source.fps or 30.0, smooth=args.smooth)
                         if args.track else None)
         if args.csv:
@@ -195,9 +195,10 @@ def _report(args, source, done: int, interrupted: bool, video_sink) -> None:
         for path, reason in source.skipped:
             print(f"  {path}: {reason}", file=err)
     stop = " before the run stopped" if interrupted else ""
-    if video_sink is not None:
+    if video_sink is not None and video_sink.written:  # a failed write said so itself, and left no file
         w, h = video_sink.size
-        print(f"wrote {video_sink.path} ({video_sink.frames} frames, {w}x{h} at {source.fps:g} FPS){stop}", file=err)
+        print(f"wrote {video_sink.path} ({video_sink.frames} frames, {w}x{h} at {source.fps:g} FPS, "
+              f"{video_sink.codec}){stop}", file=err)
     elif args.output is not None and source.kind == "images":
         where = args.output if args.output.suffix.lower() in IMAGE_SUFFIXES else f"{args.output}/"
         print(f"wrote {done} annotated image(s) to {where}{stop}", file=err)

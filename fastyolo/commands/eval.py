@@ -125,12 +125,13 @@ def run(args: argparse.Namespace) -> int:
             print(f"exporting {model} to ONNX ...", flush=True)
             model = checkpoint_to_onnx(model, Path(tmp))
         detector = Detector(model, backend=args.backend, precision=args.precision, conf=args.conf, iou=args.iou,
-                            top_k=EVAL_TOP_K, threads=args.threads)
+                            top_k=EVAL_TOP_K, threads=args.threads, tiles=args.tiles)
         predictions = detect_samples(detector, samples, args.batch)
         info = detector.info
     result = evaluate(predictions, samples, min_size=args.min_size, curves=args.plot is not None)
     curves = result.pop("curves", None)
-    print(f"model      {args.model} ({info['backend']}, {info['precision']}), conf {args.conf}, NMS IoU {args.iou}")
+    print(f"model      {args.model} ({info['backend']}, {info['precision']}), conf {args.conf}, NMS IoU {args.iou}"
+          + (f", tiles {info['tiles']} (overlap {info['tile_overlap']:g})" if info["tiles"] != "off" else ""))
     if args.min_size > 0:
         print(f"ignored    boxes under {args.min_size:g} px on a side at the network input (neither found nor false)")
     print(format_table(result))
@@ -139,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
         payload = {
             "model": str(args.model), "data": str(args.data), "labels_format": report.format,
             "backend": info["backend"], "precision": info["precision"], "conf": args.conf, "iou": args.iou,
+            "tiles": info["tiles"], "tile_overlap": info["tile_overlap"],
             **result,
             "dataset": {"frames": report.frames, "missing_images": len(report.missing_images),
                         "malformed_rows": report.malformed_rows, "boxes_clipped": report.boxes_clipped,
