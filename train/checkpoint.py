@@ -26,18 +26,38 @@ def save_checkpoint(path: str | os.PathLike, model: YoloNet, **extra: Any) -> No
     state = {"model": model.state_dict(), "backbone": model.backbone_name, "head": model.head_name, "layout": describe(),
              **extra}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    sink = None
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+            sink = _Sink(f)
+            torch.save(state, sink)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except (OSError, RuntimeError) as exc:  # torch.save reports a failed write as a RuntimeError of its own
+    except (OSError, RuntimeError) as exc:
         Path(tmp).unlink(missing_ok=True)
-        raise write_failed(path, exc) from None
+        # torch.save reports a failed write (a full disk) as "unexpected pos": the file's own error says why
+        raise write_failed(path, sink.error if sink is not None and sink.error is not None else exc) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+class _Sink:
+    """The file torch.save writes through, keeping the OSError of a failed write (torch reports only its own)."""
+
+    def __init__(self, file: Any):
+        self.file, self.error = file, None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
 
 
 def write_failed(path: Path, exc: BaseException) -> OutputError:
@@ -47,10 +67,10 @@ def write_failed(path: Path, exc: BaseException) -> OutputError:
     reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else \
         f"the write failed ({(str(exc).strip().splitlines() or [type(exc).__name__])[0]})"
     try:
-        free = f"; {shutil.disk_usage(path.parent).free / 2**20:.0f} MiB free there"
+        free = f" ({shutil.disk_usage(path.parent).free / 2**20:.0f} MiB free there)"
     except OSError:
         free = ""
-    kept = f"{path.name} as last written is kept" if path.exists() else "nothing was replaced"
+    kept = f"the earlier {path.name} is kept" if path.exists() else "nothing was replaced"
     return OutputError(f"cannot write {path}: {reason}{free}; {kept}")
 
 

@@ -33,6 +33,7 @@ from fastyolo.train.checkpoint import (
     rng_state,
     save_checkpoint,
     set_rng_state,
+    write_failed,
 )
 from fastyolo.train.config import AMP_MODES, AUGMENT_ON, TrainConfig
 from fastyolo.train.data import EpochBatches, YoloDataset, sampling_weights
@@ -45,7 +46,7 @@ from tqdm import tqdm
 
 from fastyolo.datasets import Sample
 from fastyolo.detections import Detections
-from fastyolo.errors import FastYoloError, ModelError
+from fastyolo.errors import FastYoloError, ModelError, OutputError
 from fastyolo.preprocess import NORMALIZE_SCALE, NORMALIZE_SHIFT
 
 EVAL_CONF = 0.01  # keep low-score boxes: mAP integrates over every threshold
@@ -361,14 +362,38 @@ def calibration_subset(count: int, limit: int = BN_FRAMES) -> list[int]:
 
 def _write_history(out: Path, history: list[dict[str, Any]]) -> None:
     """metrics.jsonl and metrics.csv, rewritten whole after each epoch (the checkpoint holds the same list)."""
-    tmp = out / ".metrics.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in history))
-    os.replace(tmp, out / "metrics.jsonl")
+    _replace_text(out / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in history))
     keys = list(dict.fromkeys(k for row in history for k in row))
     lines = [",".join(keys)] + [",".join("" if row.get(k) is None else f"{row[k]}" for k in keys) for row in history]
-    tmp = out / ".metrics.csv.tmp"
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, out / "metrics.csv")
+    _replace_text(out / "metrics.csv", "\n".join(lines) + "\n")
+
+
+def _replace_text(path: Path, text: str) -> None:
+    """`path` written whole or not at all (a temporary file, then renamed); a failed write is one OutputError."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise write_failed(path, exc) from None
+
+
+class RunWriteError(OutputError):
+    """A file of the run folder could not be written (a full disk): the run stops, every earlier file kept."""
+
+
+@contextlib.contextmanager
+def _stop_on_failed_write(out: Path) -> Iterator[None]:
+    """A run-folder write that fails ends the run in one line that says how to go on. Every file is written
+    whole or not at all (a temporary file, then renamed), so the earlier last.pt and best.pt stay as they were."""
+    try:
+        yield
+    except OSError as exc:
+        if isinstance(exc, RunWriteError):
+            raise
+        then = "continue with --resume" if (out / "last.pt").is_file() else "start again (no last.pt was written yet)"
+        raise RunWriteError(f"{exc}. Make room, then {then}") from None
 
 
 def fit(
@@ -562,7 +587,8 @@ class _Run:
                 bar.close()
                 self._read_running(running, sums, epoch)
                 if self.ddp.main:
-                    self.save_last(epoch, batches_done, sums)
+                    with _stop_on_failed_write(self.out):
+                        self.save_last(epoch, batches_done, sums)
                     self.say(f"interrupted in epoch {epoch + 1}: saved {self.out / 'last.pt'}; continue with --resume")
                 raise flag.interrupt()
         bar.close()
@@ -632,21 +658,22 @@ class _Run:
         row["seconds_data_wait"] = round(sums["data_wait"], 3)
         self.history.append(row)
         if self.ddp.main:
-            current = row.get("val_map50")
-            if current is not None and current > self.best_map:
-                self.best_map = current
-                save_checkpoint(self.out / "best.pt", self.model, epoch=epoch + 1, metrics=row,
-                                config=dataclasses.asdict(config))
-            now = time.monotonic()
-            # last.pt holds the optimizer too (3x the model): written every checkpoint_every seconds, not
-            # every epoch; fit writes it after the last epoch, and a signal writes it at once.
-            if now - self.last_saved >= config.checkpoint_every:
-                self.save_last(epoch + 1, 0, {})
-                self.last_saved = now
-            _write_history(self.out, self.history)
-            if now - self.last_plotted >= PLOT_EVERY:
-                self.plot()
-                self.last_plotted = now
+            with _stop_on_failed_write(self.out):
+                current = row.get("val_map50")
+                if current is not None and current > self.best_map:
+                    save_checkpoint(self.out / "best.pt", self.model, epoch=epoch + 1, metrics=row,
+                                    config=dataclasses.asdict(config))
+                    self.best_map = current  # once written: a failed write leaves the earlier best the best
+                now = time.monotonic()
+                # last.pt holds the optimizer too (3x the model): written every checkpoint_every seconds, not
+                # every epoch; fit writes it after the last epoch, and a signal writes it at once.
+                if now - self.last_saved >= config.checkpoint_every:
+                    self.save_last(epoch + 1, 0, {})
+                    self.last_saved = now
+                _write_history(self.out, self.history)
+                if now - self.last_plotted >= PLOT_EVERY:
+                    self.plot()
+                    self.last_plotted = now
             self.say(_summary(row, config))
         return row
 
@@ -662,7 +689,10 @@ class _Run:
     def plot(self) -> None:
         from fastyolo.train.plots import plot_curves
 
-        plot_curves(self.history, self.out / "curves.png", self.config.val_name)
+        try:
+            plot_curves(self.history, self.out / "curves.png", self.config.val_name)
+        except OSError as exc:
+            raise write_failed(self.out / "curves.png", exc) from None
 
     def close(self) -> None:
         """Stop the persistent DataLoader workers now. Left to garbage collection, their shutdown ran
@@ -678,8 +708,9 @@ class _Run:
         if self.ddp.main and self.history:
             if self.history[-1]["epoch"] <= self.frozen_from:  # a --stop-after between passes: last.pt exact too
                 self.refresh_batchnorm()
-            self.save_last(self.history[-1]["epoch"], 0, {})
-            self.plot()
+            with _stop_on_failed_write(self.out):
+                self.save_last(self.history[-1]["epoch"], 0, {})
+                self.plot()
 
 
 def set_confidence_prior(model: YoloNet, prior: float) -> None:

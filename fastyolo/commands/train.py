@@ -7,8 +7,10 @@ without the [train] extra); the CLI only shows and passes them on.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from fastyolo.errors import FastYoloError, MissingDependencyError
@@ -16,6 +18,7 @@ from fastyolo.train.config import AMP_MODES, AUGMENT_ON, CACHE_MODES, CLASS_BALA
 
 # Settings that define a run's data; --resume keeps them unless the command line gives new ones.
 RUN_SETTINGS = ("data", "labels", "val", "val_split", "skip_malformed")
+LOCK_NAME = ".fastyolo-train.lock"  # OUT/LOCK_NAME: held (flock) by the run writing into OUT
 BACKBONES = ("resnet18", "resnet34", "resnet50", "efficientnet_lite0")  # train/model.py BACKBONES (no torch here)
 
 
@@ -124,6 +127,104 @@ def _check_out(out: Path) -> None:
         raise FastYoloError(f"--out {out}: {probe} is not writable")
 
 
+def _check_outside_data(out: Path, data, val, labels) -> None:
+    """The run folder may not be, lie inside or hold a folder the run reads (--data, --val, the labels' folder):
+    its files would mix with the dataset's (as `fastyolo label` refuses the same)."""
+    target = Path(os.path.realpath(out))
+    labels = labels and Path(labels)
+    folders = [*(data or []), *(val or []), *([labels if labels.is_dir() else labels.parent] if labels else [])]
+    for folder in folders:
+        source = Path(os.path.realpath(folder))
+        if target == source or source in target.parents:
+            raise FastYoloError(f"--out {out} is inside the dataset folder {folder}: choose a folder outside the data")
+        if target in source.parents:
+            raise FastYoloError(f"--out {out} holds the dataset folder {folder}: choose a folder outside the data")
+
+
+def _check_empty(out: Path) -> None:
+    """A new run starts in a new or empty folder only: a run folder is never overwritten, nor a user's files."""
+    held = sorted(p.name for p in out.iterdir() if p.name != LOCK_NAME) if out.is_dir() else []
+    if held:
+        shown = ", ".join(held[:4]) + (f" and {len(held) - 4} more" if len(held) > 4 else "")
+        raise FastYoloError(f"--out {out} is not empty ({shown}) and holds no last.pt to --resume: its files are "
+                            "never overwritten, choose a new or empty folder")
+
+
+def _training_frames(train: list, val: list) -> int:
+    """How many validation frames are training frames: the same image file, through whatever path, link or
+    folder named it (a copy of the file elsewhere is not caught)."""
+    def identity(path) -> tuple | str:
+        try:
+            stat = os.stat(path)
+            return stat.st_dev, stat.st_ino
+        except OSError:
+            return os.path.realpath(path)
+
+    seen = {identity(s.image_path) for s in train}
+    return sum(identity(s.image_path) in seen for s in val)
+
+
+@contextlib.contextmanager
+def lock_run_folder(out: Path) -> Iterator[None]:
+    """Hold an OS lock (flock) on OUT/.fastyolo-train.lock for the whole run, so that a second `fastyolo train
+    --out OUT` started meanwhile refuses in one line instead of writing the same last.pt. The kernel drops the
+    lock with the process (a killed run leaves none held); the folders made for the run are removed again
+    when it ends having written nothing."""
+    made = []
+    probe = out
+    while not probe.exists():
+        made.append(probe)
+        probe = probe.parent
+    out.mkdir(parents=True, exist_ok=True)
+    path, fd = out / LOCK_NAME, None
+    try:
+        fd = _lock(path, out)
+        yield
+    finally:
+        if fd is not None:
+            path.unlink(missing_ok=True)  # before the lock goes: a run that opened this file sees it is stale
+            os.close(fd)
+        for folder in made:  # deepest first; a folder the run wrote into stays
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+
+
+def _lock(path: Path, out: Path) -> int | None:
+    """The descriptor holding the lock on `path` (with this process's id in it), or None where the system has
+    no flock (the run goes on unlocked, said once)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        print(f"note: {out} is not locked on this system: do not start a second run into it")
+        return None
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise FastYoloError(f"--out {out} is in use by another fastyolo train"
+                                f"{f' (process {holder})' if holder.isdigit() else ''}: wait for it to end, or choose "
+                                "another --out") from None
+        except OSError as exc:  # a file system without flock (some network mounts)
+            os.close(fd)
+            print(f"note: {out} cannot be locked ({exc.strerror}): do not start a second run into it")
+            return None
+        try:
+            current = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        os.close(fd)  # the run that held it ended and removed the file: lock the file now in its place
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
 def _settings(args: argparse.Namespace) -> dict:
     """The data a run reads, with absolute paths so --resume works from any directory."""
     def absolute(paths):
@@ -145,6 +246,11 @@ def _load(paths: str | list[str], labels: str | None, skip_malformed: bool, say)
 
 
 def run(args: argparse.Namespace) -> int:
+    with contextlib.ExitStack() as held:  # the run folder's lock, released when the run ends (or fails)
+        return _run(args, held)
+
+
+def _run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
     try:
         import torch  # noqa: F401
 
@@ -156,6 +262,10 @@ def run(args: argparse.Namespace) -> int:
 
     _check_options(args)
     _check_out(args.out)
+    _check_outside_data(args.out, args.data, args.val, args.labels)
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    if main_process:  # the other processes of a torchrun job write nothing: rank 0's lock covers them
+        held.enter_context(lock_run_folder(args.out))
     last = args.out / "last.pt"
     if args.resume:
         if not last.is_file():
@@ -165,6 +275,7 @@ def run(args: argparse.Namespace) -> int:
         config = TrainConfig(**{k: v for k, v in saved["config"].items() if k in fields})
         config.milestones = tuple(config.milestones)
         config.device, config.workers = args.device, args.workers
+        config.out = str(args.out)  # the folder resumed (and locked), wherever the run was started or moved from
         for name in ("amp", "cache", "cache_dir", "augment_on"):  # how the run executes (not what): may change
             if getattr(args, name) is not None:
                 setattr(config, name, str(getattr(args, name)) if name == "cache_dir" else getattr(args, name))
@@ -176,9 +287,11 @@ def run(args: argparse.Namespace) -> int:
             config.epochs = args.epochs
         print(f"resume: settings from {last} (--data, a larger --epochs, --device, --workers, --amp, --cache and "
               "--augment-on may change)")
+        _check_outside_data(args.out, settings["data"], settings["val"], settings["labels"])
     else:
         if last.is_file():
             raise FastYoloError(f"{args.out} holds a run ({last}): add --resume to continue it, or use another --out")
+        _check_empty(args.out)
         if not args.data:
             raise FastYoloError("--data DIR is required (a folder with labels.csv or label_2/ and the images)")
         settings = _settings(args)
@@ -193,11 +306,16 @@ def run(args: argparse.Namespace) -> int:
             source_weights=args.source_weights, class_balance=args.class_balance, mosaic=args.mosaic, zoom=args.zoom,
         )
 
-    main_process = int(os.environ.get("RANK", "0")) == 0
     say = print if main_process else (lambda _m: None)
     samples = _load(settings["data"], settings["labels"], settings["skip_malformed"], say)
+    held_out = "held-out frames"
     if settings["val"]:
         train, val = samples, _load(settings["val"], None, settings["skip_malformed"], say)
+        shared = _training_frames(train, val)
+        if val and shared == len(val):  # --val names the training frames: said, and named, as --val-split 0 is
+            config.val_name = "train"
+        elif shared:
+            held_out = f"frames, {shared} of them training frames (not held out: their mAP flatters the model)"
     else:
         train, val = split_samples(samples, settings["val_split"], config.seed)
         if not val:
@@ -205,7 +323,7 @@ def run(args: argparse.Namespace) -> int:
     if not train:
         raise FastYoloError(f"no training frames in {settings['data']}")
     say(f"training on {len(train)} frames, validating on {len(val)} "
-        f"{'(the training frames themselves)' if config.val_name == 'train' else 'held-out frames'}; "
+        f"{'(the training frames themselves)' if config.val_name == 'train' else held_out}; "
         f"{config.backbone}, {config.epochs} epochs, batch {config.batch}, {config.optimizer}")
     history = fit(config, train, val, resume=args.resume, stop_after=args.stop_after, log=say)
     if main_process and history:
