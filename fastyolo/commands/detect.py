@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from fastyolo import cfg
-from fastyolo.errors import FastYoloError
+from fastyolo.errors import FastYoloError, UsageError
 from fastyolo.fileio import IMAGE_SUFFIXES, check_outputs, same_file, sigterm_as_interrupt
 from fastyolo.layout import CLASS_NAMES
 from fastyolo.track import SMOOTHERS
@@ -22,7 +22,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Detect cars, trucks and pedestrians and write annotated images/video and/or JSON lines or CSV. "
                     "With no -o, --jsonl or --csv, JSON lines go to stdout.",
     )
-    p.add_argument("source", help="image, folder of images, quoted glob ('frames/*.png'), video file, or camera index (0)")
+    p.add_argument("source", nargs="+", metavar="SOURCE",
+                   help="image, folder of images, quoted glob ('frames/*.png'), video file, or camera index (0); "
+                        "several with --ray")
     p.add_argument("--model", type=Path,
                    help="exported .onnx (or TensorRT .plan) [the packaged model, for --precision]")
     p.add_argument("-o", "--output", type=Path,
@@ -38,6 +40,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     cfg.add_runtime_options(p)
     p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ray = p.add_argument_group("Ray cluster (fastyolo[ray]; see fastyolo.distributed)")
+    ray.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                     help="run on Ray: no ADDRESS starts Ray on this machine, 'auto' or HOST:PORT joins a cluster "
+                          "('ray start --head'); -o is then a folder with one NAME.jsonl per source and manifest.json, "
+                          "and the same command resumes a stopped run")
+    ray.add_argument("--workers", type=int, default=None,
+                     help="with --ray: Detector actors [the cluster's CPUs / --threads]; --threads is each one's CPUs [1]")
+    ray.add_argument("--chunk-frames", type=int, default=None,
+                     help="with --ray: frames (or images) per task of a long video or a folder [1000]")
+    ray.add_argument("--table", choices=("jsonl", "csv"), default="jsonl",
+                     help="with --ray: the per-source file, OUTDIR/NAME.jsonl or .csv [jsonl]")
+    ray.add_argument("--annotate", action="store_true",
+                     help="with --ray: also OUTDIR/NAME.mp4 per video (one task per video) and OUTDIR/NAME/ per folder")
     return p
 
 
@@ -54,6 +69,20 @@ def parse_classes(text: str | None) -> np.ndarray | None:
             raise FastYoloError(f"unknown class {name!r} in --classes: choose from {','.join(CLASS_NAMES)}")
         ids.append(lower[name.lower()])
     return np.array(sorted(set(ids)), np.int32)
+
+
+def frame_detections(detector, tracker, keep: np.ndarray | None, image: np.ndarray, prepared=None):
+    """One frame's detections as detect writes them: kept classes only, tracked and smoothed with a tracker.
+    Shared with the Ray workers (fastyolo.distributed), so that --ray writes what a single process writes."""
+    from fastyolo.track import detect_for_tracking
+
+    frame = image if prepared is None else prepared
+    if tracker is None:
+        dets = detector.detect(frame)
+        return dets if keep is None else dets[np.isin(dets.class_ids, keep)]
+    dets = detect_for_tracking(detector, frame)
+    dets = dets if keep is None else dets[np.isin(dets.class_ids, keep)]
+    return tracker.update(dets, (image.shape[1], image.shape[0]))
 
 
 def _check(args: argparse.Namespace, source) -> None:
@@ -77,6 +106,15 @@ def run(args: argparse.Namespace) -> int:
     from fastyolo.sources import open_source
 
     keep = parse_classes(args.classes)
+    if args.ray is not None:
+        return _run_ray(args, keep)
+    ray_only = [f for f, v in (("--workers", args.workers), ("--chunk-frames", args.chunk_frames),
+                                ("--annotate", args.annotate), ("--table", args.table != "jsonl")) if v]
+    if ray_only:
+        raise UsageError(f"{ray_only[0]} goes with --ray")
+    if len(args.source) > 1:
+        raise UsageError(f"{len(args.source)} sources: one detect takes one SOURCE, or several with --ray -o OUTDIR")
+    args.source = args.source[0]
     if args.model is None:
         from fastyolo.shipped import shipped_model
 
@@ -93,6 +131,34 @@ def run(args: argparse.Namespace) -> int:
         raise FastYoloError(f"none of the {len(source)} files could be read as an image")
     if run.done == 0:
         raise FastYoloError(f"no frame could be decoded from {source.name} (corrupt, or an unsupported codec)")
+    return 0
+
+
+def _run_ray(args: argparse.Namespace, keep: np.ndarray | None) -> int:
+    """detect SOURCES... --ray [ADDRESS] -o OUTDIR: the sources as tasks of a Ray job (fastyolo.distributed)."""
+    from fastyolo import distributed
+
+    if args.output is None:
+        raise UsageError("--ray writes a folder: pass -o OUTDIR (one NAME.jsonl per source, manifest.json)")
+    for flag in ("jsonl", "csv"):
+        if getattr(args, flag):
+            raise UsageError(f"--{flag} names one file; with --ray each source gets OUTDIR/NAME.jsonl "
+                             "(--table csv for OUTDIR/NAME.csv)")
+    if args.max_frames is not None:
+        raise UsageError("--max-frames is for one process; with --ray every frame of every source is detected")
+    if args.track or args.annotate:
+        why = "a tracker needs a video's frames in order" if args.track else "an annotated video is one stream"
+        print(f"detect --ray: one task per video, not per frame range ({why})", file=sys.stderr)
+    with sigterm_as_interrupt():  # kill/timeout: the parts done stay on disk, the same command resumes
+        summary = distributed.detect(
+            args.source, args.output, model=args.model, address=None if args.ray == "local" else args.ray,
+            workers=args.workers, threads=args.threads or 1, backend=args.backend, precision=args.precision,
+            conf=args.conf, iou=args.iou, tiles=args.tiles, track=args.track, smooth=args.smooth,
+            classes=None if keep is None else keep.tolist(), table=args.table, annotate=args.annotate,
+            chunk_frames=args.chunk_frames or distributed.DEFAULT_CHUNK, progress=not args.no_progress)
+    distributed.print_summary(summary)
+    if not summary.done and not summary.already:
+        raise FastYoloError("no source could be detected (see the lines above)")
     return 0
 
 
@@ -132,15 +198,7 @@ class _Run:
 
     def detections(self, image: np.ndarray, prepared=None):
         """Detections of one frame; `prepared`: the frame already resized (Detector.prepare) on the prefetch thread."""
-        from fastyolo.track import detect_for_tracking
-
-        frame = image if prepared is None else prepared
-        if self.tracker is None:
-            dets = self.detector.detect(frame)
-            return dets if self.keep is None else dets[np.isin(dets.class_ids, self.keep)]
-        dets = detect_for_tracking(self.detector, frame)
-        dets = dets if self.keep is None else dets[np.isin(dets.class_ids, self.keep)]
-        return self.tracker.update(dets, (image.shape[1], image.shape[0]))
+        return frame_detections(self.detector, self.tracker, self.keep, image, prepared)
 
     def frames(self):
         """(Frame, resized or None): video files are read and resized one frame ahead on a thread

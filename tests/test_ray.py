@@ -1,0 +1,219 @@
+"""detect --ray on a real local Ray cluster (head + a second node, one CPU each): the same rows as single-process
+detect frame by frame, a worker killed with SIGKILL mid-job, a driver killed mid-job and resumed, Ray Data."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'fastyolo[ray]')")
+
+from fastyolo import distributed  # noqa: E402
+from fastyolo.cli import main  # noqa: E402
+from fastyolo.fileio import VideoReader, sample_video  # noqa: E402
+
+CHUNK = 30  # frames per range: 3 ranges per clip
+CLIP_FRAMES = 90
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A real two-node Ray cluster on this machine, one CPU per node; this process is its driver."""
+    from ray.cluster_utils import Cluster
+
+    mb100 = 100 * 2**20
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False,
+                                                      "object_store_memory": mb100})
+    c.add_node(num_cpus=1, object_store_memory=mb100)
+    c.wait_for_nodes()
+    ray.init(address=c.address, log_to_driver=False, logging_level="warning")
+    yield c
+    ray.shutdown()
+    c.shutdown()
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> list[Path]:
+    """Two 90-frame cuts of the bundled real highway clip (frames 0-89 and 200-289), re-encoded by detect's writer."""
+    from fastyolo.writers import VideoSink
+
+    folder = tmp_path_factory.mktemp("clips")
+    out = []
+    with VideoReader(sample_video(), loop=False) as reader:
+        frames = [reader.read() for _ in range(290)]
+        fps = reader.fps
+    for name, first in (("a.mp4", 0), ("b.mp4", 200)):
+        with VideoSink(folder / name, fps, (frames[0].shape[1], frames[0].shape[0])) as sink:
+            for image in frames[first:first + CLIP_FRAMES]:
+                sink.write(image)
+        out.append(folder / name)
+    return out
+
+
+def _single(source: Path, out: Path, *extra: str) -> list[dict]:
+    """Single-process `fastyolo detect` (one thread, as each Ray worker runs) to JSON lines."""
+    assert main(["detect", str(source), "--jsonl", str(out), "--threads", "1", "--no-progress", *extra]) == 0
+    return [json.loads(line) for line in out.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def reference(clips, tmp_path_factory) -> dict[str, list[dict]]:
+    folder = tmp_path_factory.mktemp("reference")
+    return {c.stem: _single(c, folder / f"{c.stem}.jsonl") for c in clips}
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_frame_ranges_decode_as_a_sequential_decode():
+    """A range read by seeking (as the workers do) holds the very frames a decode from the start gives."""
+    import numpy as np
+
+    with VideoReader(sample_video(), loop=False, decode_threads=1) as reader:
+        sequential = list(reader)
+    for start in (1, 37, 120, 251, len(sequential) - 3):
+        with VideoReader(sample_video(), loop=False, decode_threads=1) as reader:
+            reader.seek(start)
+            for k in range(3):
+                assert np.array_equal(reader.read(), sequential[start + k]), (start, k)
+
+
+def test_ranges_plan():
+    assert distributed._ranges(90, 30, False) == [(0, 30), (30, 60), (60, None)]
+    assert distributed._ranges(90, 30, True) == [(0, None)]
+    assert distributed._ranges(20, 30, False) == [(0, None)]
+
+
+def test_detect_ray_equals_single_process(cluster, clips, reference, udacity_dir, tmp_path, capsys):
+    """Two clips in 3 ranges each, a folder of real images (with an unreadable file) in runs of 2, and a corrupt
+    video: every row equals single-process detect's; the bad video is one line and the job goes on."""
+    images = tmp_path / "images"
+    shutil.copytree(udacity_dir, images, ignore=shutil.ignore_patterns("*.txt", "*.md"))
+    (images / "test3b.jpg").write_bytes(b"not a jpeg")
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"\x00" * 1000)
+    single_images = _single(images, tmp_path / "images.jsonl")
+    out = tmp_path / "out"
+    assert main(["detect", *map(str, clips), str(images), str(bad), "--ray", cluster.address, "-o", str(out),
+                 "--threads", "1", "--chunk-frames", str(CHUNK), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    for clip in clips:
+        assert _rows(out / f"{clip.stem}.jsonl") == reference[clip.stem]
+    assert _rows(out / "images.jsonl") == single_images
+    assert len(single_images) == 6
+    assert "ray: 3 source(s) done, 0 already complete (skipped), 2 skipped" in err
+    assert f"skipped {bad}:" in err and "test3b.jpg: not an image" in err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [s["state"] for s in manifest["sources"]] == ["complete"] * 3 and manifest["complete"]
+    assert not (out / distributed.PARTS).exists()
+    # The same command again: every source complete, nothing redone.
+    assert main(["detect", *map(str, clips), str(images), "--ray", cluster.address, "-o", str(out), "--threads", "1",
+                 "--chunk-frames", str(CHUNK), "--no-progress"]) == 0
+    assert "0 source(s) done, 3 already complete (skipped), 0 skipped; 0 frames" in capsys.readouterr().err
+    # Other settings into the same folder are refused in one line.
+    assert main(["detect", str(clips[0]), "--ray", cluster.address, "-o", str(out), "--conf", "0.5"]) == 2
+    assert "holds a run with other settings" in capsys.readouterr().err
+
+
+def _worker_pids() -> list[int]:
+    """Processes of the DetectWorker actors (Ray titles them ray::DetectWorker...)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                title = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if title.startswith(b"ray::DetectWorker"):
+                pids.append(int(entry.name))
+    return pids
+
+
+def _wait_for(predicate, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_worker_killed_mid_job(cluster, clips, reference, tmp_path):
+    """kill -9 of a worker while it runs a range: Ray restarts the actor and runs the range again; every frame is
+    written exactly once."""
+    out = tmp_path / "out"
+    result = {}
+
+    def job():
+        result["summary"] = distributed.detect(clips, out, threads=1, chunk_frames=CHUNK, progress=False)
+
+    thread = threading.Thread(target=job)
+    thread.start()
+    _wait_for(lambda: len(_worker_pids()) == 2 or not thread.is_alive())
+    _wait_for(lambda: (out / distributed.PARTS).is_dir() or not thread.is_alive())
+    victims = _worker_pids()
+    assert victims and thread.is_alive(), "the job ended before a worker could be killed"
+    os.kill(victims[0], signal.SIGKILL)
+    thread.join(timeout=300)
+    summary = result["summary"]
+    assert summary.skipped == [] and len(summary.done) == 2
+    for clip in clips:
+        rows = _rows(out / f"{clip.stem}.jsonl")
+        assert [r["frame"] for r in rows] == list(range(CLIP_FRAMES))
+        assert rows == reference[clip.stem]
+
+
+def test_driver_killed_then_resumed(cluster, clips, reference, tmp_path, capsys):
+    """The driver killed outright mid-job, then the same command: the ranges done are kept, the rest redone, every
+    frame exactly once."""
+    out = tmp_path / "out"
+    command = ["detect", *map(str, clips), "--ray", cluster.address, "-o", str(out), "--threads", "1",
+               "--chunk-frames", str(CHUNK), "--no-progress"]
+    driver = subprocess.Popen([sys.executable, "-m", "fastyolo.cli", *command], cwd=REPO, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE)
+    try:
+        parts = out / distributed.PARTS
+        _wait_for(lambda: (parts.is_dir() and any(parts.rglob("*.npz"))) or driver.poll() is not None)
+        assert driver.poll() is None, driver.stderr.read().decode()[-2000:]
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=60)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        driver.stderr.close()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert not manifest["complete"]
+    kept = len(list(parts.rglob("*.npz")))
+    assert main(command) == 0
+    err = capsys.readouterr().err
+    assert "range(s) resumed from .parts/" in err or "already complete" in err, err
+    assert kept >= 1
+    for clip in clips:
+        rows = _rows(out / f"{clip.stem}.jsonl")
+        assert [r["frame"] for r in rows] == list(range(CLIP_FRAMES))
+        assert rows == reference[clip.stem]
+    assert json.loads((out / "manifest.json").read_text())["complete"]
+
+
+def test_ray_data_map_batches(cluster, udacity_dir, tmp_path):
+    """DetectBatch in a user's Ray Data pipeline (read_images -> map_batches on 2 actors) gives detect's boxes."""
+    single = {r["source"]: r for r in _single(udacity_dir, tmp_path / "single.jsonl")}
+    ds = ray.data.read_images(str(udacity_dir), include_paths=True)
+    rows = ds.map_batches(distributed.DetectBatch, fn_constructor_kwargs={"threads": 1}, concurrency=2, num_cpus=1,
+                          batch_size=2).take_all()
+    assert len(rows) == len(single) == 6
+    for row in rows:
+        want = single[Path(row["path"]).name]["detections"]
+        assert [round(float(s), 4) for s in row["scores"]] == [round(d["score"], 4) for d in want]
+        got = [[round(float(v), 2) for v in box] for box in row["boxes"]]
+        assert got == [[round(v, 2) for v in d["box"]] for d in want]
+        assert row["labels"] == ",".join(d["label"] for d in want)
