@@ -51,10 +51,15 @@ def test_tensorrt_uint8_engine_agrees_with_the_float_engine(onnx_model: Path, tm
         trt = FakeTensorRT("10.8.0.43", QueuedHostDevice())
         plan = tmp_path / f"{onnx_path.stem}.plan"
         build_engine(onnx_path, plan, tensorrt=trt, device=trt.device, max_batch=8)
-        pipe = TensorRTPipeline(plan, tensorrt=trt, device=trt.device)
+        # Eager: a graph's first call runs the work twice (warm-up, then the captured replay); graphs are
+        # test_tensorrt.py's, the input format is this test's.
+        pipe = TensorRTPipeline(plan, tensorrt=trt, device=trt.device, cuda_graph=False)
         sizes = np.array([(f.shape[1], f.shape[0]) for f in frames], np.float64)
-        grids.append(_grids(pipe, frames))
-        found.append(pipe.postprocess(pipe.infer(pipe.preprocess(frames)), sizes, 0.01, 0.45, 100))
+        # One pass per engine (a simulated decode + NMS image costs about a second): the kept boxes, then the grid
+        # that the same queued work left in the output buffer.
+        out = pipe.infer(pipe.preprocess(frames))
+        found.append(pipe.postprocess(out, sizes, 0.01, 0.45, 100))
+        grids.append(np.array(out.grids, np.float32).copy())
     assert pipe.info["input"] == "nhwc_uint8_bgr" and pipe.info["normalize"] == "graph"
     assert np.abs(grids[0] - grids[1]).max() < 1e-4
     for a, b in zip(*found, strict=True):
@@ -65,12 +70,3 @@ def clip_path_default() -> Path:
     from fastyolo.fileio import sample_video
 
     return sample_video()
-
-
-def _grids(pipe, frames) -> np.ndarray:
-    batch = pipe.preprocess(frames)
-    out = pipe.infer(batch)
-    pipe.postprocess(out, np.ones((len(frames), 2)), 0.5, 0.45, 1)  # runs the queued work
-    return np.array(out.grids, np.float32).copy()
-
-
