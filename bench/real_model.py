@@ -61,9 +61,71 @@ def split(labelled: Path, out: Path) -> dict[str, dict[str, int]]:
     return summary
 
 
-EVAL_SETS = {  # name: (dataset, --min-size): the held-out highway segments and KITTI's real labels
-    "highway_heldout": ("runs/data/hw_heldout", 0.0),
-    "kitti_tiny": ("../shared/data/kitti_tiny", 6.0),
+CLASSES = ("Car", "Truck", "Pedestrian")
+
+
+def _boxes(labels: Path) -> dict[str, list[list]]:
+    """labels.csv rows by frame file: [xmin, ymin, xmax, ymax, class]."""
+    with open(labels, newline="") as f:
+        rows = list(csv.reader(f))[1:]
+    out: dict[str, list[list]] = {}
+    for r in rows:
+        out.setdefault(r[4], []).append([*map(float, r[:4]), r[5]])
+    return out
+
+
+def _iou(a: list, b: list) -> float:
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    if w <= 0 or h <= 0:
+        return 0.0
+    inter = w * h
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def tighten(projected: Path, teacher: Path, out: Path, iou: float = 0.5) -> dict[str, int]:
+    """PandaSet's projected boxes merged with a teacher's (issue 20, item 2).
+
+    Cuboid hulls are 5-15% looser per side than a drawn box, and some visible cars and people are
+    unlabelled: a projected box that a teacher box of its class overlaps by >= `iou` takes the
+    teacher's (tighter) corners and keeps its class; the projected boxes no teacher box matches stay
+    (distant cars the teacher misses); teacher boxes that match no projected box are added (the
+    unlabelled ones). `teacher` is `fastyolo label` run on `projected/images`.
+    """
+    names = {f["file"]: Path(f["source"]).name for f in json.loads((teacher / "sources.json").read_text())["frames"]}
+    taught = {names[k]: v for k, v in _boxes(teacher / "labels.csv").items()}
+    given = _boxes(projected / "labels.csv")
+    counts = {"tightened": 0, "kept": 0, "added": 0}
+    rows = []
+    for frame in sorted(set(given) | set(taught)):
+        free = list(taught.get(frame, []))
+        for box in given.get(frame, []):
+            scores = [_iou(box, t) if t[4] == box[4] else 0.0 for t in free]
+            best = max(range(len(free)), key=scores.__getitem__, default=None)
+            if best is not None and scores[best] >= iou:
+                rows.append([*free.pop(best)[:4], frame, box[4]])
+                counts["tightened"] += 1
+            else:
+                rows.append([*box[:4], frame, box[4]])
+                counts["kept"] += 1
+        for t in free:
+            rows.append([*t[:4], frame, t[4]])
+            counts["added"] += 1
+    (out / "images").mkdir(parents=True, exist_ok=False)
+    for image in sorted((projected / "images").iterdir()):
+        shutil.copyfile(image, out / "images" / image.name)
+    with open(out / "labels.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["xmin", "ymin", "xmax", "ymax", "Frame", "Label", "Preview URL"],
+                                 *([*(f"{v:g}" for v in r[:4]), r[4], r[5], ""] for r in rows)])
+    return {**counts, **{c: sum(r[5] == c for r in rows) for c in CLASSES}}
+
+
+PANDASET = "../shared/data/pandaset_002"
+EVAL_SETS = {  # name: (dataset, --min-size, --tiles): held-out highway segments, a held-out city camera, KITTI
+    "highway_heldout": ("runs/data_fused/hw_heldout", 0.0, "off"),
+    "pandaset_left": (f"{PANDASET}/left_camera", 0.0, "off"),
+    "kitti_tiny": ("../shared/data/kitti_tiny", 6.0, "off"),
+    "kitti_tiny_tiles": ("../shared/data/kitti_tiny", 6.0, "auto"),
 }
 
 
@@ -74,10 +136,10 @@ def evaluate(models: list[Path], out: Path) -> dict[str, dict]:
         for model in models:
             key = str(model)
             results[key] = {}
-            for name, (data, min_size) in EVAL_SETS.items():
+            for name, (data, min_size, tiles) in EVAL_SETS.items():
                 report = Path(tmp) / f"{len(results)}-{name}.json"
                 subprocess.run([sys.executable, "-m", "fastyolo.cli", "eval", str(model), "--data", data,
-                                "--min-size", str(min_size), "--json", str(report)], check=True,
+                                "--min-size", str(min_size), "--tiles", tiles, "--json", str(report)], check=True,
                                stdout=subprocess.DEVNULL)
                 figures = json.loads(report.read_text())
                 results[key][name] = {"map50": figures["map50"], "map50_95": figures["map50_95"],
@@ -95,12 +157,18 @@ def main() -> None:
     s = sub.add_parser("split", help="split a labelled highway_clip dataset into training and held-out segments")
     s.add_argument("labelled", type=Path)
     s.add_argument("--out", type=Path, required=True)
-    e = sub.add_parser("evaluate", help="mAP@0.5 per class of models on the held-out segments and on kitti_tiny")
+    t = sub.add_parser("tighten", help="PandaSet's projected boxes tightened to (and completed by) a teacher's")
+    t.add_argument("projected", type=Path)
+    t.add_argument("teacher", type=Path)
+    t.add_argument("--out", type=Path, required=True)
+    e = sub.add_parser("evaluate", help="mAP@0.5 per class of models on every EVAL_SETS dataset")
     e.add_argument("models", type=Path, nargs="+")
     e.add_argument("--json", type=Path, default=Path("bench/artifacts/real_model_eval.json"))
     args = parser.parse_args()
     if args.command == "split":
         print(json.dumps(split(args.labelled, args.out), indent=1))
+    elif args.command == "tighten":
+        print(json.dumps(tighten(args.projected, args.teacher, args.out)))
     else:
         evaluate(args.models, args.json)
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -308,6 +309,10 @@ def _loader(dataset: YoloDataset, batch: int, workers: int, device: torch.device
     """The DataLoader of training (`batches`: its epochs' batches) and of validation and the BatchNorm pass
     (in order, `batch` at a time); `workers` as safe_workers allows."""
     workers = safe_workers(workers, say=lambda _msg: None)
+    if workers:
+        # A worker forked while OpenCV's thread pool exists can hang for good in its first warpAffine (seen: a
+        # 25-epoch run stuck an hour in epoch 1); unthreaded OpenCV, inherited by the forks, never touches it.
+        cv2.setNumThreads(0)
     cut = {"batch_sampler": batches} if batches is not None else {"batch_size": batch, "shuffle": False}
     return DataLoader(
         dataset,
