@@ -233,9 +233,12 @@ def test_fused_adamw_steps_equal_torchs_default_on_every_element():
 @pytest.mark.slow
 @pytest.mark.parametrize("amp", ["auto", "off"])
 def test_default_recipe_overfits_real_frames_through_the_detector(kitti_dir: Path, tmp_path: Path, amp: str):
-    """Plain `fastyolo train` (every default: augmentation, AdamW, schedule, frame cache) learns a few
-    real frames, and the exported ONNX finds their boxes again through the Detector: targets, loss,
-    head, export and decode agree. "auto" is bf16 autocast on a CPU with AMX; "off" is fp32."""
+    """Plain `fastyolo train` (every default that shapes the weights: augmentation, AdamW, schedule, frame cache)
+    learns a few real frames, and the exported ONNX finds their boxes again through the Detector: targets, loss,
+    head, export and decode agree. "auto" is bf16 autocast on a CPU with AMX; "off" is fp32.
+    Validated once, at the end (--eval-every OVERFIT_EPOCHS): the 149 BatchNorm passes and validations between
+    would change no weight (they draw no random numbers: test_eval_every_...; the losses match epoch for epoch)
+    and were a third to a half of each epoch's time."""
     import cv2
     from fastyolo.train.engine import cpu_has_amx
     from fastyolo.train.export import export_onnx
@@ -251,8 +254,10 @@ def test_default_recipe_overfits_real_frames_through_the_detector(kitti_dir: Pat
     assert {int(c) for s in samples for c in s.class_ids} == {0, 1, 2}
     run = tmp_path / "run"
     assert cli(["train", "--data", str(data), "--out", str(run), "--backbone", "resnet18", "--epochs", str(OVERFIT_EPOCHS),
-                "--batch", "2", "--val-split", "0", "--workers", "0", "--device", "cpu", "--amp", amp]) == 0
+                "--batch", "2", "--val-split", "0", "--workers", "0", "--device", "cpu", "--amp", amp,
+                "--eval-every", str(OVERFIT_EPOCHS)]) == 0
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == OVERFIT_EPOCHS and all("val_map50" not in r for r in rows[:-1])
     assert rows[-1]["val_map50"] >= 0.9, rows[-1]
 
     from fastyolo.train.checkpoint import load_model
