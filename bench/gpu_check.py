@@ -384,7 +384,7 @@ def real_grids(args, frames: list[np.ndarray]) -> dict[str, np.ndarray]:
 
     out = {}
     device = "cpu" if args.simulate else "cuda"
-    count = 4 if args.simulate else len(frames)
+    count = 2 if args.simulate else len(frames)  # simulated: one batch of 2 per threshold set (~1 s an image)
     for backbone in (("resnet18",) if args.simulate or args.checkpoint else ("resnet18", "resnet50")):
         for precision in (("fp32",) if args.simulate else ("fp16", "fp32")):
             pipe = TorchPipeline(network(backbone, args.checkpoint), precision=precision, device=device, max_batch=8)
