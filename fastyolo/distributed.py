@@ -20,7 +20,8 @@ the job.
 For a Ray Data pipeline of your own, `DetectBatch` is a `map_batches` callable class:
 
     ds = ray.data.read_images("frames/", include_paths=True)
-    ds = ds.map_batches(DetectBatch, fn_constructor_kwargs={"conf": 0.3}, concurrency=4, batch_size=16)
+    ds = ds.map_batches(DetectBatch, fn_constructor_kwargs={"conf": 0.3}, batch_size=16,
+                        compute=ray.data.ActorPoolStrategy(size=4), num_cpus=1)
 """
 
 from __future__ import annotations
@@ -586,8 +587,10 @@ class DetectBatch:
     for BGR) and returns them without the pixels, plus per row "boxes" (N, 4) float32 x1, y1, x2, y2 in the
     image's pixels, "scores", "class_ids" and "labels" (comma-joined label names).
 
-        ds.map_batches(DetectBatch, fn_constructor_kwargs={"conf": 0.3, "threads": 1}, concurrency=2,
-                       num_cpus=1, batch_size=8)
+        ds.map_batches(DetectBatch, fn_constructor_kwargs={"conf": 0.3, "threads": 1}, batch_size=8,
+                       compute=ray.data.ActorPoolStrategy(size=2), num_cpus=1)
+
+    (leave CPUs for Ray Data's read tasks: actors that hold every CPU starve them)
     """
 
     def __init__(self, model: str | os.PathLike | None = None, *, conf: float = cfg.CONF, iou: float = cfg.IOU,

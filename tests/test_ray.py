@@ -205,11 +205,12 @@ def test_driver_killed_then_resumed(cluster, clips, reference, tmp_path, capsys)
 
 
 def test_ray_data_map_batches(cluster, udacity_dir, tmp_path):
-    """DetectBatch in a user's Ray Data pipeline (read_images -> map_batches on 2 actors) gives detect's boxes."""
+    """DetectBatch in a user's Ray Data pipeline (read_images -> map_batches) gives detect's boxes. One actor of one
+    CPU: on this 2-CPU cluster a second one would leave no CPU for the read tasks (Ray Data waits forever)."""
     single = {r["source"]: r for r in _single(udacity_dir, tmp_path / "single.jsonl")}
     ds = ray.data.read_images(str(udacity_dir), include_paths=True)
-    rows = ds.map_batches(distributed.DetectBatch, fn_constructor_kwargs={"threads": 1}, concurrency=2, num_cpus=1,
-                          batch_size=2).take_all()
+    rows = ds.map_batches(distributed.DetectBatch, fn_constructor_kwargs={"threads": 1},
+                          compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1, batch_size=2).take_all()
     assert len(rows) == len(single) == 6
     for row in rows:
         want = single[Path(row["path"]).name]["detections"]
@@ -217,3 +218,22 @@ def test_ray_data_map_batches(cluster, udacity_dir, tmp_path):
         got = [[round(float(v), 2) for v in box] for box in row["boxes"]]
         assert got == [[round(v, 2) for v in d["box"]] for d in want]
         assert row["labels"] == ",".join(d["label"] for d in want)
+
+
+def test_refusals_in_one_line(clips, tmp_path, capsys):
+    """Options that do not go together are one line and exit code 2, before Ray starts."""
+    cases = [
+        ([str(clips[0]), str(clips[1]), "--jsonl", str(tmp_path / "x.jsonl")], "one detect takes one SOURCE"),
+        ([str(clips[0]), "--workers", "2", "--jsonl", str(tmp_path / "x.jsonl")], "--workers goes with --ray"),
+        ([str(clips[0]), "--ray"], "pass -o OUTDIR"),
+        ([str(clips[0]), "--ray", "-o", str(tmp_path / "o"), "--csv", str(tmp_path / "x.csv")], "--table csv"),
+        (["0", str(clips[0]), "--ray", "-o", str(tmp_path / "o"), "--max-frames", "3"], "--max-frames is for one"),
+    ]
+    for argv, message in cases:
+        assert main(["detect", *argv]) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "mine.txt").write_text("a user's file")
+    assert main(["detect", str(clips[0]), "--ray", "-o", str(tmp_path / "full")]) == 2
+    assert "is not empty and holds no manifest.json" in capsys.readouterr().err
