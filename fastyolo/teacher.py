@@ -277,8 +277,11 @@ class Teacher:
     def _openvino(self, model, threads: int | None):
         import openvino as ov
 
+        from fastyolo.backends.openvino import cpu_pinning
+
         core = ov.Core()
-        config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+        config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
+                  "ENABLE_CPU_PINNING": cpu_pinning(threads)}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         try:

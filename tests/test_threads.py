@@ -47,3 +47,17 @@ def test_threads_with_different_batch_sizes(backend, untrained_r18, frames):
     for idx, result in zip(chunks, got, strict=True):
         for i, dets in zip(idx, result, strict=True):
             _same(dets, expected[i])
+
+
+def test_openvino_pins_threads_only_when_they_take_every_cpu(untrained_r18):
+    """Pinned, every process's threads went to the same first cores: two --threads 1 processes (two Ray workers)
+    shared one core of two. A session of fewer threads than CPUs is left unpinned; one of them all may pin."""
+    from fastyolo.pipeline import default_threads
+
+    def pinned(threads: int) -> bool:
+        session = Detector(untrained_r18, backend="openvino", threads=threads).pipeline.session
+        return bool(session._compiled[1].get_property("ENABLE_CPU_PINNING"))
+
+    if default_threads() > 1:
+        assert not pinned(1)
+    assert pinned(default_threads())

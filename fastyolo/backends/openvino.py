@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 
 import numpy as np
@@ -42,6 +43,16 @@ def uint8_preprocessing(model):
     return ppp.build()
 
 
+def cpu_pinning(threads: int | None) -> bool:
+    """Whether OpenVINO may pin its threads to cores: only when they are all of this process's CPUs.
+
+    OpenVINO pins by default and picks the same first cores in every process, so two `--threads 1` processes (two
+    Ray workers, two cameras) shared one core of two: measured, each ran at 66% CPU and the pair no faster than one.
+    """
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return threads is None or int(threads) >= cpus
+
+
 class OpenVINOSession:
     """Thread-safe: each thread gets its own infer request per batch size (an OpenVINO request runs
     one inference at a time and raises 'Infer Request is busy' otherwise); compiling a new batch
@@ -61,6 +72,7 @@ class OpenVINOSession:
             "INFERENCE_NUM_THREADS": int(threads),
             "PERFORMANCE_HINT": "LATENCY",
             "NUM_STREAMS": 1,
+            "ENABLE_CPU_PINNING": cpu_pinning(threads),
         }
         try:
             self.model = self.core.read_model(str(model.path))
