@@ -110,8 +110,10 @@ def _ranges(count: int, chunk: int, whole: bool) -> list[tuple[int, int | None]]
     return [(s, s + chunk) for s in starts[:-1]] + [(starts[-1], None)]
 
 
-def plan_sources(specs: Sequence[str], options: Options) -> tuple[list[Source], list[tuple[str, str]]]:
-    """Open every SOURCE to plan its tasks; unreadable ones come back as (spec, reason), never raised."""
+def plan_sources(specs: Sequence[str], chunk: int, whole_videos: bool = False, whole_folders: bool = False
+                 ) -> tuple[list[Source], list[tuple[str, str]]]:
+    """Open every SOURCE to plan its tasks (ranges of `chunk` frames or images, or the `whole_*` source as one);
+    unreadable ones come back as (spec, reason), never raised."""
     from fastyolo.commands.label import _stem
     from fastyolo.sources import open_source
 
@@ -125,14 +127,13 @@ def plan_sources(specs: Sequence[str], options: Options) -> tuple[list[Source], 
                 stem = _stem(spec, opened)
                 if opened.kind == "video":
                     path = str(opened.paths[0])
-                    whole = options.track or options.annotate
                     source = Source(spec, stem, "video", file_identity(path), len(opened), [path], opened.fps,
-                                    _ranges(len(opened), options.chunk_frames, whole))
+                                    _ranges(len(opened), chunk, whole_videos))
                 else:
                     paths = [str(p) for p in opened.paths]
                     ident = "|".join(_identity_or_missing(p) for p in paths)
                     source = Source(spec, stem, "images", ident, len(paths), paths, None,
-                                    _images_ranges(len(paths), options.chunk_frames, options.track))
+                                    _images_ranges(len(paths), chunk, whole_folders))
         except FastYoloError as exc:
             bad.append((spec, str(exc).splitlines()[0]))
             continue
@@ -351,21 +352,28 @@ class JobSummary:
         return out
 
 
-def _check_output(output: Path, sources: list[Source], options: Options) -> dict | None:
-    """Refuse an OUTDIR that is not ours or that a different run wrote; return its manifest to resume, if any."""
+def read_manifest(output: Path, settings: dict, what: str = "one file per source") -> dict | None:
+    """OUTDIR's manifest to resume from (None: a new job); refuses a file, a folder that is not ours, or a job with
+    other settings."""
     if output.exists() and not output.is_dir():
-        raise UsageError(f"-o {output} is a file: --ray writes a folder (one file per source and manifest.json)")
+        raise UsageError(f"-o {output} is a file: --ray writes a folder ({what} and {MANIFEST})")
     manifest = None
     if (output / MANIFEST).is_file():
         try:
             manifest = json.loads((output / MANIFEST).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             raise UsageError(f"{output / MANIFEST} cannot be read: choose a new -o folder") from None
-        if manifest.get("settings") != options.settings():
+        if manifest.get("settings") != settings:
             raise UsageError(f"-o {output} holds a run with other settings (model, thresholds, --track, ...): run the "
                              "same command to resume it, or choose a new folder")
     elif output.is_dir() and any(output.iterdir()):
         raise UsageError(f"-o {output} is not empty and holds no {MANIFEST}: choose a new or empty folder")
+    return manifest
+
+
+def _check_output(output: Path, sources: list[Source], options: Options) -> dict | None:
+    """Refuse an OUTDIR that is not ours or that a different run wrote; return its manifest to resume, if any."""
+    manifest = read_manifest(output, options.settings())
     inputs = [p for s in sources for p in s.paths] + [options.model]
     outputs = [("-o", output / f"{s.name}.{options.table}") for s in sources] + [("-o", output / MANIFEST)]
     if options.annotate:
@@ -432,7 +440,9 @@ def detect(
                       bool(track), smooth, None if classes is None else tuple(int(c) for c in classes), table,
                       bool(annotate), int(chunk_frames))
     output = Path(output)
-    planned, bad = plan_sources([os.fspath(s) for s in sources], options)
+    # A tracker needs a video's frames in order, an encoder its whole stream: one task per video (or folder).
+    planned, bad = plan_sources([os.fspath(s) for s in sources], options.chunk_frames,
+                                whole_videos=options.track or options.annotate, whole_folders=options.track)
     manifest = _check_output(output, planned, options)
     summary = JobSummary(skipped=list(bad))
     if not planned:
@@ -441,6 +451,12 @@ def detect(
 
 
 class _Job:
+    """The driver of a job: plans what is left, feeds the worker actors, keeps each range's result in `.parts/`,
+    finishes each source as its last range comes in. `fastyolo.distributed_label` subclasses it for label."""
+
+    worker = DetectWorker
+    desc = "detect --ray"
+
     def __init__(self, output: Path, sources: list[Source], options: Options, manifest: dict | None,
                  summary: JobSummary):
         self.output, self.sources, self.options, self.summary = output, sources, options, summary
@@ -450,7 +466,7 @@ class _Job:
             old = earlier.get(s.name)
             same = old is not None and {k: old.get(k) for k in ("spec", "identity", "ranges")} == \
                 {"spec": s.spec, "identity": s.identity, "ranges": [list(r) for r in s.ranges]}
-            if same and old.get("state") == "complete" and (output / f"{s.name}.{options.table}").is_file():
+            if same and old.get("state") == "complete" and self._written(s):
                 self.state[s.name] = "complete"
             else:
                 if not same:  # a changed or new source: nothing of an earlier run is reused
@@ -458,8 +474,30 @@ class _Job:
                 self.state[s.name] = "partial"
         self.skipped_files: dict[str, list] = {}
 
+    def _output_of(self, source: Source) -> str:
+        return f"{source.name}.{self.options.table}"
+
+    def _written(self, source: Source) -> bool:
+        """Whether a source the manifest calls complete still has its output."""
+        return (self.output / self._output_of(source)).is_file()
+
+    def _worker_args(self) -> tuple:
+        return self.options, str(self.output.resolve())
+
+    def _uses_gpu(self) -> bool:
+        return Path(self.options.model).suffix.lower() in (*cfg.ENGINE_SUFFIXES, ".pt")
+
+    def _load(self, source: Source, start: int, stop: int | None) -> dict | None:
+        return _load_part(_part_path(self.output, source, start, stop))
+
+    def _store(self, source: Source, start: int, stop: int | None, part: dict) -> int:
+        """Keep a range's result in `.parts/` (atomically); returns the frames and files it covered (the bar's)."""
+        _save_part(_part_path(self.output, source, start, stop), part)
+        self.summary.frames += len(part["positions"])
+        return len(part["positions"]) + len(part["skipped"])
+
     def write_manifest(self) -> None:
-        rows = [{**s.describe(), "state": self.state[s.name], "output": f"{s.name}.{self.options.table}"}
+        rows = [{**s.describe(), "state": self.state[s.name], "output": self._output_of(s)}
                 for s in self.sources]
         manifest = {"version": MANIFEST_VERSION, "settings": self.options.settings(), "sources": rows,
                     "skipped": [list(b) for b in self.summary.skipped],
@@ -480,7 +518,7 @@ class _Job:
             for start, stop in s.ranges:
                 width = (stop if stop is not None else max(s.frames, start)) - start
                 frames_total += width
-                part = _load_part(_part_path(self.output, s, start, stop))
+                part = self._load(s, start, stop)
                 if part is not None:
                     parts[s.name][start] = part
                     frames_before += width
@@ -504,20 +542,19 @@ class _Job:
 
         connected = _connect(address)
         try:
-            gpu = Path(self.options.model).suffix.lower() in (*cfg.ENGINE_SUFFIXES, ".pt")
             cpus = int(ray.cluster_resources().get("CPU", 1))
             count = workers or max(1, cpus // self.options.threads)
             count = min(count, len(todo))
-            remote = ray.remote(num_cpus=self.options.threads, num_gpus=1 if gpu else 0, max_restarts=-1,
-                                max_task_retries=MAX_TASK_RETRIES)(DetectWorker)
-            actors = [remote.remote(self.options, str(self.output.resolve())) for _ in range(count)]
+            remote = ray.remote(num_cpus=self.options.threads, num_gpus=1 if self._uses_gpu() else 0, max_restarts=-1,
+                                max_task_retries=MAX_TASK_RETRIES)(self.worker)
+            actors = [remote.remote(*self._worker_args()) for _ in range(count)]
             self.summary.workers = count
             pool = ActorPool(actors)
             waiting = {(s.name, start): (s, start, stop) for s, start, stop in todo}
             for s, start, stop in todo:
                 pool.submit(lambda actor, task: actor.run.remote(*task), (s, start, stop))
             by_name = {s.name: s for s in self.sources}
-            with tqdm(total=total or None, initial=before, desc="detect --ray", unit="frame", disable=not progress,
+            with tqdm(total=total or None, initial=before, desc=self.desc, unit="frame", disable=not progress,
                       dynamic_ncols=True) as bar:
                 while pool.has_next():
                     try:
@@ -525,7 +562,7 @@ class _Job:
                     except ray.exceptions.RayError as exc:  # its worker died past the retries: found missing below
                         self.summary.notes.append(f"a range failed: {str(exc).splitlines()[0][:200]}")
                         if isinstance(exc, ray.exceptions.ActorDiedError):  # the pool dropped it: keep the count
-                            actors.append(remote.remote(self.options, str(self.output.resolve())))
+                            actors.append(remote.remote(*self._worker_args()))
                             pool.push(actors[-1])
                         continue
                     key = (part["source"], part["start"])
@@ -534,11 +571,8 @@ class _Job:
                         self.summary.skipped.append((s.spec, part["error"]))
                         self.state[s.name] = "failed"
                         continue
-                    _save_part(_part_path(self.output, s, start, stop), part)
+                    bar.update(self._store(s, start, stop, part))
                     parts[s.name][start] = part
-                    n = len(part["positions"]) + len(part["skipped"])
-                    self.summary.frames += len(part["positions"])
-                    bar.update(n)
                     if self.state[s.name] == "partial" and len(parts[s.name]) == len(s.ranges):
                         self._finish(by_name[s.name], parts[s.name])
             for s, start, stop in waiting.values():

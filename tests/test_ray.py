@@ -204,6 +204,88 @@ def test_driver_killed_then_resumed(cluster, clips, reference, tmp_path, capsys)
     assert json.loads((out / "manifest.json").read_text())["complete"]
 
 
+LABEL_CHUNK = 15  # frames per range of label --ray --dedup 0: 6 ranges per clip
+LABEL_EVERY = 3
+
+
+def _label_args(teacher: Path, out: Path, *sources) -> list[str]:
+    """label with one teacher on the full frame (the views are label's own tests): small, and the same settings for
+    the single process and the Ray job."""
+    return ["label", *map(str, sources), "--teacher", str(teacher), "-o", str(out), "--every", str(LABEL_EVERY),
+            "--dedup", "0", "--no-tiles", "--flip", "none", "--threads", "1", "--no-progress"]
+
+
+def _dataset(folder: Path) -> dict:
+    """Everything a dataset holds: labels.csv's text, each image's bytes, sources.json."""
+    return {"labels.csv": (folder / "labels.csv").read_text(),
+            "images": {p.name: p.read_bytes() for p in sorted((folder / "images").iterdir())},
+            "sources.json": json.loads((folder / "sources.json").read_text())}
+
+
+@pytest.fixture(scope="module")
+def label_inputs(clips, udacity_dir, tmp_path_factory) -> list[Path]:
+    """Both clips and a folder of real images with an unreadable file."""
+    images = tmp_path_factory.mktemp("label") / "stills"
+    shutil.copytree(udacity_dir, images, ignore=shutil.ignore_patterns("*.txt", "*.md"))
+    (images / "test3b.jpg").write_bytes(b"not a jpeg")
+    return [*clips, images]
+
+
+@pytest.fixture(scope="module")
+def label_reference(label_inputs, teacher_path, tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("label_single") / "dataset"
+    assert main(_label_args(teacher_path, out, *label_inputs)) == 0
+    return _dataset(out)
+
+
+def test_label_ray_equals_single_process(cluster, label_inputs, label_reference, teacher_path, tmp_path, capsys):
+    """label --ray --dedup 0: two clips in frame ranges, a folder as one task: labels.csv, every image's bytes and
+    sources.json equal single-process label's; the same command again does nothing; bad options are one line."""
+    out = tmp_path / "dataset"
+    command = [*_label_args(teacher_path, out, *label_inputs), "--ray", cluster.address,
+               "--chunk-frames", str(LABEL_CHUNK)]
+    assert main(command) == 0
+    err = capsys.readouterr().err
+    assert _dataset(out) == label_reference
+    assert len(label_reference["images"]) >= 20 and label_reference["labels.csv"].count("\n") > 40
+    assert "ray: 3 source(s) done, 0 already complete (skipped), 1 skipped" in err
+    assert "test3b.jpg: not an image" in err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["complete"] and [len(s["ranges"]) for s in manifest["sources"]] == [6, 6, 1]
+    assert not (out / distributed.PARTS).exists()
+    assert main(command) == 0
+    assert "holds the complete dataset of this job already" in capsys.readouterr().err
+    assert _dataset(out) == label_reference
+    for extra, words in ((["--max-frames", "3"], "--max-frames counts frames in order"),
+                         (["--conf", "0.5"], "holds a run with other settings")):
+        assert main([*command, *extra]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and words in lines[0], lines
+
+
+def test_label_driver_killed_then_resumed(cluster, label_inputs, label_reference, teacher_path, tmp_path, capsys):
+    """The label driver killed outright mid-job, then the same command: the dataset equals one process's."""
+    out = tmp_path / "dataset"
+    command = [*_label_args(teacher_path, out, *label_inputs), "--ray", cluster.address,
+               "--chunk-frames", str(LABEL_CHUNK)]
+    driver = subprocess.Popen([sys.executable, "-m", "fastyolo.cli", *command], cwd=REPO, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE)
+    parts = out / distributed.PARTS
+    try:
+        _wait_for(lambda: (parts.is_dir() and any(parts.rglob("*.json"))) or driver.poll() is not None)
+        assert driver.poll() is None, driver.stderr.read().decode()[-2000:]
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=60)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        driver.stderr.close()
+    assert not (out / "labels.csv").exists() and not json.loads((out / "manifest.json").read_text())["complete"]
+    assert main(command) == 0
+    assert "range(s) resumed from .parts/" in capsys.readouterr().err
+    assert _dataset(out) == label_reference
+
+
 def test_ray_data_map_batches(cluster, udacity_dir, tmp_path):
     """DetectBatch in a user's Ray Data pipeline (read_images -> map_batches) gives detect's boxes. One actor of one
     CPU: on this 2-CPU cluster a second one would leave no CPU for the read tasks (Ray Data waits forever)."""

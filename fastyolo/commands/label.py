@@ -91,6 +91,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=int, default=None, help="stop after writing this many frames")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for each teacher [the runtime's default]")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ray = p.add_argument_group("Ray cluster (fastyolo[ray]; see fastyolo.distributed_label)")
+    ray.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                     help="label on Ray: no ADDRESS starts Ray on this machine, 'auto' or HOST:PORT joins a cluster "
+                          "('ray start --head'); the same dataset, plus manifest.json, and the same command resumes a "
+                          "stopped run. One task per source (with --dedup 0: long videos in frame ranges)")
+    ray.add_argument("--workers", type=int, default=None,
+                     help="with --ray: teacher actors [the cluster's CPUs / --threads]; --threads is each one's CPUs [1]")
+    ray.add_argument("--chunk-frames", type=int, default=None,
+                     help="with --ray and --dedup 0: frames per task of a long video [1000]")
     return p
 
 
@@ -103,6 +112,13 @@ class Summary:
     written: int = 0
     boxes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CLASS_NAMES, 0))
     unreadable: list[tuple[Path, str]] = field(default_factory=list)
+
+    def add(self, other: Summary) -> None:
+        """Count `other`'s frames and boxes in this one (not its unreadable files: each source lists its own)."""
+        for name in ("read", "not_taken", "duplicates", "empty", "written"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for name, n in other.boxes.items():
+            self.boxes[name] += n
 
 
 def _validate(args: argparse.Namespace) -> None:
@@ -145,9 +161,8 @@ def _validate(args: argparse.Namespace) -> None:
                                 "../shared/data/teacher/picodet_s_416_coco.onnx)")
 
 
-def _check_output(output: Path, inputs: list[Path]) -> None:
-    """Refuse an output that holds a dataset or other files, or that is, holds or lies inside an input.
-    (A private helper: a shared output-safety module may replace it.)"""
+def check_placement(output: Path, inputs: list[Path]) -> None:
+    """Refuse an output that is, holds or lies inside an input (its images would become inputs)."""
     out = output.expanduser().resolve()
     for path in inputs:
         src = path.expanduser().resolve()
@@ -155,6 +170,12 @@ def _check_output(output: Path, inputs: list[Path]) -> None:
             raise FastYoloError(f"output {output} is or contains the input {path}: choose a new folder outside the inputs")
         if src.is_dir() and src in out.parents:
             raise FastYoloError(f"output {output} is inside the input folder {path}: choose a folder outside the inputs")
+
+
+def _check_output(output: Path, inputs: list[Path]) -> None:
+    """Refuse an output that holds a dataset or other files, or that is, holds or lies inside an input."""
+    check_placement(output, inputs)
+    out = output.expanduser().resolve()
     if out.exists():
         if not out.is_dir():
             raise FastYoloError(f"output {output} is a file: the dataset needs a new folder")
@@ -206,6 +227,11 @@ def run(args: argparse.Namespace) -> int:
     from fastyolo.teacher_views import Ensemble
 
     _validate(args)
+    if args.ray is not None:
+        return _run_ray(args)
+    for flag, value in (("--workers", args.workers), ("--chunk-frames", args.chunk_frames)):
+        if value is not None:
+            raise FastYoloError(f"{flag} goes with --ray")
     opened = []
     try:
         for spec in args.sources:
@@ -226,15 +252,112 @@ def run(args: argparse.Namespace) -> int:
             source.close()
 
 
+@dataclass
+class LabelledFrame:
+    """One frame's part of the dataset: its JPEG, its labels.csv rows and its sources.json record."""
+
+    name: str  # the file in DATASET/images/
+    jpeg: np.ndarray  # encoded bytes
+    rows: list[list]  # labels.csv rows
+    record: dict  # sources.json "frames" entry
+
+
+class SourceLabeller:
+    """label's steps for the frames of one source, in reading order: --every, near-duplicates, the teachers' fused
+    boxes in whole pixels, the JPEG. One per source (the near-duplicate test compares with the last frame kept);
+    the single-process command and the Ray workers (fastyolo.distributed_label) both label through it."""
+
+    def __init__(self, ensemble, spec: str, stem: str, every: int, dedup: float):
+        self.ensemble, self.spec, self.stem, self.every, self.dedup = ensemble, spec, stem, every, dedup
+        self.summary = Summary()
+        self.views: dict[str, dict] = {}  # "WxH" -> the views each teacher ran on frames of that size
+        self._last = None
+
+    def taken(self, frame) -> bool:
+        """Whether `frame` is one of the --every steps (what the progress bar counts)."""
+        return frame.index % self.every == 0
+
+    def label(self, frame) -> LabelledFrame | None:
+        """The frame's labels, or None (between --every steps, a near-duplicate, or no box), counted in .summary."""
+        s = self.summary
+        s.read += 1
+        if not self.taken(frame):
+            s.not_taken += 1
+            return None
+        thumb = _thumbnail(frame.image) if self.dedup > 0 else None
+        if self._last is not None and changed_fraction(thumb, self._last) < self.dedup:
+            s.duplicates += 1
+            return None
+        self._last = thumb
+        h, w = frame.image.shape[:2]
+        if f"{w}x{h}" not in self.views:
+            self.views[f"{w}x{h}"] = {t["path"]: t["views"] for t in self.ensemble.describe(w, h)["teachers"]}
+        dets = self.ensemble.detect(frame.image)
+        boxes, keep = _integer_boxes(dets.boxes, w, h)
+        if not keep.any():
+            s.empty += 1
+            return None
+        name = f"{self.stem}_{frame.index:06d}.jpg"
+        ok, data = cv2.imencode(".jpg", frame.image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        if not ok:
+            raise FastYoloError(f"OpenCV cannot encode frame {frame.index} of {self.spec} as JPEG")
+        rows = []
+        for (x1, y1, x2, y2), cid in zip(boxes[keep], dets.class_ids[keep], strict=True):
+            rows.append([int(x1), int(y1), int(x2), int(y2), name, CLASS_NAMES[cid], ""])
+            s.boxes[CLASS_NAMES[cid]] += 1
+        s.written += 1
+        record = {"file": name, "source": str(frame.path or self.spec), "frame": frame.index, "boxes": int(keep.sum())}
+        return LabelledFrame(name, data, rows, record)
+
+
+def source_stems(opened: list) -> list[str]:
+    """Each source's file-name stem, made unique in the job (two clip.mp4 of two folders: clip, clip_2)."""
+    stems, used = [], {}
+    for spec, source in opened:
+        stem = _stem(spec, source)
+        used[stem] = used.get(stem, 0) + 1
+        stems.append(stem if used[stem] == 1 else f"{stem}_{used[stem]}")
+    return stems
+
+
+def _run_ray(args: argparse.Namespace) -> int:
+    """label SOURCES... --ray [ADDRESS] -o DATASET: the sources as tasks of a Ray job (fastyolo.distributed_label)."""
+    from fastyolo import distributed, distributed_label
+    from fastyolo.cfg import check_at_least
+    from fastyolo.fileio import sigterm_as_interrupt
+
+    if args.max_frames is not None:
+        raise FastYoloError("--max-frames counts frames in order in one process; with --ray use --every to label fewer")
+    check_at_least("--workers", args.workers, 1, optional=True)
+    check_at_least("--chunk-frames", args.chunk_frames, 1, optional=True)
+    if args.dedup > 0:
+        print("label --ray: one task per source (--dedup compares each frame with the last one kept from its source; "
+              "--dedup 0 cuts long videos into frame ranges)", file=sys.stderr)
+    options = distributed_label.LabelOptions.from_args(args, args.threads or 1,
+                                                      args.chunk_frames or distributed.DEFAULT_CHUNK)
+    with sigterm_as_interrupt():  # kill/timeout: the parts done stay on disk, the same command resumes
+        job, counts = distributed_label.label(args.sources, args.output, options,
+                                              address=None if args.ray == "local" else args.ray,
+                                              workers=args.workers, progress=not args.no_progress)
+    distributed.print_summary(job)
+    if counts is not None:
+        _report(args.output, counts, args, interrupted=False)
+    elif job.already:
+        print(f"{args.output}/ holds the complete dataset of this job already: nothing to do", file=sys.stderr)
+    else:
+        raise FastYoloError("the dataset was not written: no source could be labelled, or some ranges failed (see the "
+                            "lines above; run the same command again to retry them)")
+    return 0
+
+
 def _label(args: argparse.Namespace, opened: list, ensemble, tqdm) -> int:
     out: Path = args.output
     images_dir = out / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
-    stems: dict[str, int] = {}
     summary = Summary()
     frames_meta: list[dict] = []
     per_source: list[dict] = []
-    views_by_size: dict[str, dict] = {}  # "WxH" -> the views each teacher ran on frames of that size
+    views_by_size: dict[str, dict] = {}
     total = sum(-(-len(s) // args.every) for _, s in opened) or None
     bar = tqdm(total=total, desc="label", unit="frame", disable=args.no_progress, dynamic_ncols=True)
     interrupted = True
@@ -242,65 +365,46 @@ def _label(args: argparse.Namespace, opened: list, ensemble, tqdm) -> int:
         try:
             rows = csv.writer(csv_file)
             rows.writerow(CSV_HEADER)
-            for spec, source in opened:
-                stem = _stem(spec, source)
-                stems[stem] = stems.get(stem, 0) + 1
-                if stems[stem] > 1:  # two sources of the same name: keep their files apart
-                    stem = f"{stem}_{stems[stem]}"
+            for (spec, source), stem in zip(opened, source_stems(opened), strict=True):
                 info = {"source": spec, "kind": source.kind, "name": stem, "frames_written": 0}
                 per_source.append(info)
-                last = None
-                for frame in source:
-                    summary.read += 1
-                    if frame.index % args.every:
-                        summary.not_taken += 1
-                        continue
-                    bar.update(1)
-                    thumb = _thumbnail(frame.image) if args.dedup > 0 else None
-                    if last is not None and changed_fraction(thumb, last) < args.dedup:
-                        summary.duplicates += 1
-                        continue
-                    last = thumb
-                    h, w = frame.image.shape[:2]
-                    if f"{w}x{h}" not in views_by_size:
-                        views_by_size[f"{w}x{h}"] = {t["path"]: t["views"] for t in ensemble.describe(w, h)["teachers"]}
-                    dets = ensemble.detect(frame.image)
-                    boxes, keep = _integer_boxes(dets.boxes, w, h)
-                    if not keep.any():
-                        summary.empty += 1
-                        continue
-                    name = f"{stem}_{frame.index:06d}.jpg"
-                    ok, data = cv2.imencode(".jpg", frame.image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-                    if not ok:
-                        raise FastYoloError(f"OpenCV cannot encode frame {frame.index} of {spec} as JPEG")
-                    data.tofile(images_dir / name)  # the image before its rows: an interrupted run stays consistent
-                    for (x1, y1, x2, y2), cid in zip(boxes[keep], dets.class_ids[keep], strict=True):
-                        rows.writerow([x1, y1, x2, y2, name, CLASS_NAMES[cid], ""])
-                        summary.boxes[CLASS_NAMES[cid]] += 1
-                    csv_file.flush()
-                    record = {"file": name, "source": str(frame.path or spec), "frame": frame.index,
-                              "boxes": int(keep.sum())}
-                    frames_meta.append(record)
-                    summary.written += 1
-                    info["frames_written"] += 1
-                    if args.max_frames and summary.written >= args.max_frames:
-                        break
+                labeller = SourceLabeller(ensemble, spec, stem, args.every, args.dedup)
+                try:
+                    for frame in source:
+                        bar.update(labeller.taken(frame))
+                        done = labeller.label(frame)
+                        if done is None:
+                            continue
+                        done.jpeg.tofile(images_dir / done.name)  # the image before its rows: a stop stays consistent
+                        rows.writerows(done.rows)
+                        csv_file.flush()
+                        frames_meta.append(done.record)
+                        info["frames_written"] += 1
+                        if args.max_frames and summary.written + labeller.summary.written >= args.max_frames:
+                            break
+                finally:
+                    summary.add(labeller.summary)
+                    views_by_size.update({k: v for k, v in labeller.views.items() if k not in views_by_size})
                 summary.unreadable += source.skipped
                 if args.max_frames and summary.written >= args.max_frames:
                     break
             interrupted = False
         finally:
             bar.close()
-            manifest = {
-                **ensemble.describe(), "views": views_by_size,
-                "every": args.every, "dedup": args.dedup, "complete": not interrupted,
-                "sources": per_source, "frames": frames_meta,
-            }
+            manifest = dataset_manifest(ensemble.describe(), views_by_size, args, not interrupted, per_source,
+                                        frames_meta)
             (out / "sources.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
             _report(out, summary, args, interrupted)
     if summary.read == 0:
         raise FastYoloError("no frame could be read from the sources (unreadable images or undecodable video)")
     return 0
+
+
+def dataset_manifest(described: dict, views: dict, args: argparse.Namespace, complete: bool, per_source: list,
+                     frames: list) -> dict:
+    """DATASET/sources.json: every teacher, view and fusion setting, the sources and every frame written."""
+    return {**described, "views": views, "every": args.every, "dedup": args.dedup, "complete": complete,
+            "sources": per_source, "frames": frames}
 
 
 def _report(out: Path, s: Summary, args: argparse.Namespace, interrupted: bool) -> None:
