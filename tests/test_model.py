@@ -145,3 +145,33 @@ def test_checkpoints_of_the_fully_connected_head_still_load(tmp_path):
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), old(x))
+
+
+def test_slim_head_is_separable_saves_loads_and_exports(tmp_path):
+    """The "slim" head: the conv head's two 3x3s depthwise-separable (a ninth of their multiply-adds); a checkpoint
+    loads as the slim head it holds, and its ONNX export computes what torch computes."""
+    import onnxruntime as ort
+    from fastyolo.train.checkpoint import load_model, save_checkpoint
+
+    torch.manual_seed(0)
+    slim = YoloNet("resnet18", head="slim").eval()
+    full = YoloNet("resnet18", head="conv").eval()
+    depthwise = [m for m in slim.head.body if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
+    assert len(depthwise) == 2 and all(m.groups == m.in_channels == 256 for m in depthwise)
+    head_params = [sum(p.numel() for p in net.head.parameters()) for net in (slim, full)]
+    assert head_params[0] < 0.5 * head_params[1], head_params
+    x = torch.rand(2, 3, 224, 224)
+    with torch.no_grad():
+        want = slim(x)
+    assert want.shape == (2, 11, 11, 13)
+    save_checkpoint(tmp_path / "slim.pt", slim)
+    loaded = load_model(tmp_path / "slim.pt")
+    assert loaded.head_name == "slim"
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), want)
+    export_onnx(loaded, tmp_path / "slim.onnx", untrained=True)
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "slim.onnx"), load_external_data=False).metadata_props}
+    assert meta["fastyolo.head"] == "slim"
+    session = ort.InferenceSession(str(tmp_path / "slim.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    np.testing.assert_allclose(got, want.numpy(), atol=1e-4)

@@ -20,6 +20,7 @@ from fastyolo.train.config import AMP_MODES, AUGMENT_ON, CACHE_MODES, CLASS_BALA
 RUN_SETTINGS = ("data", "labels", "val", "val_split", "skip_malformed")
 LOCK_NAME = ".fastyolo-train.lock"  # OUT/LOCK_NAME: held (flock) by the run writing into OUT
 BACKBONES = ("resnet18", "resnet34", "resnet50", "efficientnet_lite0")  # train/model.py BACKBONES (no torch here)
+HEADS = ("conv", "slim", "fc")  # train/model.py HEADS
 
 
 def _defaults() -> dict:
@@ -48,6 +49,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=d["batch"],
                    help=f"images per step (per process under torchrun) [{d['batch']}]")
     p.add_argument("--backbone", default=d["backbone"], choices=BACKBONES, help=f"[{d['backbone']}]")
+    p.add_argument("--head", default=d["head"], choices=HEADS,
+                   help="conv: 1x1 + two 3x3 convolutions on the 11x11 grid; slim: the 3x3s depthwise-separable (fewer "
+                        f"multiply-adds); fc: YOLO v1's fully connected head [{d['head']}]")
     p.add_argument("--pretrained", nargs="?", const="auto", default=d["pretrained"],
                    help="ImageNet weights for the backbone: a torchvision ResNet state dict (.pth); 'auto' (the "
                         "default) uses efficientnet_lite0's when the [pretrained] extra is installed; 'none': random")
@@ -297,6 +301,7 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
         settings = _settings(args)
         config = TrainConfig(
             out=str(args.out), epochs=args.epochs or TrainConfig.epochs, batch=args.batch, backbone=args.backbone,
+            head=args.head,
             pretrained=args.pretrained and str(args.pretrained), init=args.init and str(args.init),
             optimizer=args.optimizer, lr=args.lr,
             augment=not args.no_augment, dropout=args.dropout, seed=args.seed, workers=args.workers,
