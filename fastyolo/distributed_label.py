@@ -10,8 +10,10 @@ images is one task (its files are numbered by how many before them could be read
 The driver writes each task's JPEGs into DATASET/images/ as it comes back, then the task's rows and records into
 DATASET/.parts/ (atomically: what a stopped run resumes from), and labels.csv and sources.json once every source
 is done, in the sources' order, as one process would; DATASET/manifest.json holds the settings and each source's
-state. Running the same command again resumes: what is in .parts/ is kept, the rest is redone. The JPEGs travel
-through Ray's object store, so DATASET need only be reachable from the driver.
+state. Running the same command again resumes: what is in .parts/ is kept, the rest is redone. .parts/ stays
+beside the dataset (rows only, small): a later run that redoes a source (it failed, or its file changed)
+rebuilds labels.csv from it. The JPEGs travel through Ray's object store, so DATASET need only be reachable from
+the driver.
 """
 
 from __future__ import annotations
@@ -192,7 +194,9 @@ class _LabelJob(distributed._Job):
 
     def run(self, address: str | None, workers: int | None, progress: bool) -> JobSummary:
         super().run(address, workers, progress)
-        if all(state != "partial" for state in self.state.values()) and not self._written(self.sources[0]):
+        states = self.state.values()
+        if all(state != "partial" for state in states) and (
+                any(state == "labelled" for state in states) or not self._written(self.sources[0])):
             self._write_dataset()
         return self.summary
 
@@ -201,9 +205,13 @@ class _LabelJob(distributed._Job):
         per_source, frames, views, described, rows = [], [], {}, None, []
         label_summary = Summary()
         for s in self.sources:
-            parts = self.completed.get(s.name)
-            if parts is None:  # failed: reported, not in the dataset
+            if self.state[s.name] == "failed":  # reported, not in the dataset
                 continue
+            # A source of an earlier run's dataset: its rows from .parts/, kept for this (a source redone since).
+            parts = self.completed.get(s.name) or [self._load(s, start, stop) for start, stop in s.ranges]
+            if any(part is None for part in parts):
+                raise FastYoloError(f"{self.output / distributed.PARTS / s.name} lost ranges of {s.spec}: label into a "
+                                    "new folder")
             info = {"source": s.spec, "kind": s.kind, "name": s.name, "frames_written": 0}
             for part in parts:
                 rows += part["rows"]
@@ -230,8 +238,6 @@ class _LabelJob(distributed._Job):
                 self.state[s.name] = "complete"
         self.write_manifest()
         self.label_summary = label_summary
-        for s in self.sources:
-            distributed._remove_parts(self.output / distributed.PARTS / s.name)
 
 
 def label(sources: Sequence[str | os.PathLike], output: str | os.PathLike, options: LabelOptions, *,

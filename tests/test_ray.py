@@ -252,9 +252,13 @@ def test_label_ray_equals_single_process(cluster, label_inputs, label_reference,
     assert "test3b.jpg: not an image" in err
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["complete"] and [len(s["ranges"]) for s in manifest["sources"]] == [6, 6, 1]
-    assert not (out / distributed.PARTS).exists()
     assert main(command) == 0
     assert "holds the complete dataset of this job already" in capsys.readouterr().err
+    assert _dataset(out) == label_reference
+    # A source redone later (its file changed): labels.csv is rebuilt with the other sources' kept rows.
+    os.utime(label_inputs[0], (time.time(), time.time() + 5))
+    assert main(command) == 0
+    assert "ray: 1 source(s) done, 2 already complete (skipped)" in capsys.readouterr().err
     assert _dataset(out) == label_reference
     for extra, words in ((["--max-frames", "3"], "--max-frames counts frames in order"),
                          (["--conf", "0.5"], "holds a run with other settings")):

@@ -6,7 +6,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from fastyolo.commands.train import BACKBONES
+from fastyolo.commands.train import BACKBONES, HEADS
 from fastyolo.errors import MissingDependencyError, UsageError
 from fastyolo.fileio import check_outputs
 from fastyolo.input_format import NORMALIZED, UINT8
@@ -19,6 +19,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, required=True, help="ONNX file to write")
     p.add_argument("--untrained", action="store_true", help="random weights, for timing only")
     p.add_argument("--backbone", default="resnet50", choices=BACKBONES, help="with --untrained: the network [resnet50]")
+    p.add_argument("--head", default="conv", choices=HEADS, help="with --untrained: the head [conv]")
     p.add_argument("--seed", type=int, default=0, help="with --untrained: weight seed [0]")
     p.add_argument("--precision", default="fp32", choices=exportable(),
                    help="; ".join(f"{name}: {get(name).holds}" for name in exportable()) + " [fp32]")
@@ -48,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     check_outputs([("-o", args.output)], [args.checkpoint, args.calib])
     if args.untrained:
         torch.manual_seed(args.seed)
-        model = YoloNet(args.backbone)
+        model = YoloNet(args.backbone, head=args.head)
     else:
         model = load_model(args.checkpoint)
     fmt = UINT8 if args.input == "uint8" else NORMALIZED
