@@ -172,17 +172,12 @@ def test_worker_killed_mid_job(cluster, clips, reference, tmp_path):
         assert rows == reference[clip.stem]
 
 
-def test_driver_killed_then_resumed(cluster, clips, reference, tmp_path, capsys):
-    """The driver killed outright mid-job, then the same command: the ranges done are kept, the rest redone, every
-    frame exactly once."""
-    out = tmp_path / "out"
-    command = ["detect", *map(str, clips), "--ray", cluster.address, "-o", str(out), "--threads", "1",
-               "--chunk-frames", str(CHUNK), "--no-progress"]
+def _kill_driver_once(command: list[str], parts: Path, pattern: str) -> None:
+    """Run `fastyolo COMMAND` as its own process and kill it outright (SIGKILL) once a first range is in `parts`."""
     driver = subprocess.Popen([sys.executable, "-m", "fastyolo.cli", *command], cwd=REPO, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE)
     try:
-        parts = out / distributed.PARTS
-        _wait_for(lambda: (parts.is_dir() and any(parts.rglob("*.npz"))) or driver.poll() is not None)
+        _wait_for(lambda: (parts.is_dir() and any(parts.rglob(pattern))) or driver.poll() is not None)
         assert driver.poll() is None, driver.stderr.read().decode()[-2000:]
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=60)
@@ -190,6 +185,16 @@ def test_driver_killed_then_resumed(cluster, clips, reference, tmp_path, capsys)
         if driver.poll() is None:
             driver.kill()
         driver.stderr.close()
+
+
+def test_driver_killed_then_resumed(cluster, clips, reference, tmp_path, capsys):
+    """The driver killed outright mid-job, then the same command: the ranges done are kept, the rest redone, every
+    frame exactly once."""
+    out = tmp_path / "out"
+    command = ["detect", *map(str, clips), "--ray", cluster.address, "-o", str(out), "--threads", "1",
+               "--chunk-frames", str(CHUNK), "--no-progress"]
+    parts = out / distributed.PARTS
+    _kill_driver_once(command, parts, "*.npz")
     manifest = json.loads((out / "manifest.json").read_text())
     assert not manifest["complete"]
     kept = len(list(parts.rglob("*.npz")))
@@ -272,18 +277,7 @@ def test_label_driver_killed_then_resumed(cluster, label_inputs, label_reference
     out = tmp_path / "dataset"
     command = [*_label_args(teacher_path, out, *label_inputs), "--ray", cluster.address,
                "--chunk-frames", str(LABEL_CHUNK)]
-    driver = subprocess.Popen([sys.executable, "-m", "fastyolo.cli", *command], cwd=REPO, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE)
-    parts = out / distributed.PARTS
-    try:
-        _wait_for(lambda: (parts.is_dir() and any(parts.rglob("*.json"))) or driver.poll() is not None)
-        assert driver.poll() is None, driver.stderr.read().decode()[-2000:]
-        driver.send_signal(signal.SIGKILL)
-        driver.wait(timeout=60)
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-        driver.stderr.close()
+    _kill_driver_once(command, out / distributed.PARTS, "*.json")
     assert not (out / "labels.csv").exists() and not json.loads((out / "manifest.json").read_text())["complete"]
     assert main(command) == 0
     assert "range(s) resumed from .parts/" in capsys.readouterr().err
