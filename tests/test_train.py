@@ -27,6 +27,7 @@ from fastyolo.cli import main as cli  # noqa: E402
 RESUME_FRAMES = ("000000.jpg", "000022.jpg", "000037.jpg", "000074.jpg")
 OVERFIT_FRAMES = ("000037.jpg", "000074.jpg")  # Car, Truck, Car; 3 Pedestrians; no dropped object
 OVERFIT_EPOCHS = 150  # one step each: what a new user tries on a few frames
+SMALL_SPLIT = ("--val-split", "0.5")  # of small_data's 2 frames: 1 to train on, 1 to validate
 
 
 def train_args(data: Path, out: Path, *extra: str) -> list[str]:
@@ -50,6 +51,13 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
 @pytest.fixture(scope="module")
 def resume_data(kitti_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_dataset(kitti_dir, tmp_path_factory.mktemp("resume_data"), RESUME_FRAMES)
+
+
+@pytest.fixture(scope="module")
+def small_data(kitti_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """2 frames (with SMALL_SPLIT: 1 to train on, 1 to validate): one step an epoch, for the tests that need the
+    run's behaviour, not several steps in an epoch."""
+    return tiny_dataset(kitti_dir, tmp_path_factory.mktemp("small_data"), OVERFIT_FRAMES)
 
 
 @pytest.fixture(scope="module")
@@ -111,19 +119,21 @@ def test_ctrl_c_mid_epoch_saves_last_and_resume_equals_uninterrupted(resume_data
     assert_same_weights(model_state(run), model_state(uninterrupted))
 
 
-def test_eval_every_skips_the_batchnorm_pass_between_validations_and_resumes_exactly(resume_data: Path,
+def test_eval_every_skips_the_batchnorm_pass_between_validations_and_resumes_exactly(small_data: Path,
                                                                                     tmp_path: Path):
     """--eval-every 2 over 3 epochs: the BatchNorm pass runs where its statistics are read (validation at epoch 2,
     the end at 3), not at epoch 1. A run stopped after epoch 1 (its last.pt gets a pass then) and resumed ends
-    with the same weights and statistics as the whole run, with dropout on: the extra pass draws no random numbers."""
-    extra = ("--eval-every", "2", "--dropout", "0.2")
+    with the same weights and statistics as the whole run, with dropout on: the extra pass draws no random numbers.
+    On small_data (one step an epoch): what is checked is where the passes run and what they draw."""
+    extra = (*SMALL_SPLIT, "--eval-every", "2", "--dropout", "0.2")
     whole = tmp_path / "whole"
-    assert cli([*train_args(resume_data, whole), *extra]) == 0
+    assert cli([*train_args(small_data, whole), *extra]) == 0
     rows = [json.loads(x) for x in (whole / "metrics.jsonl").read_text().splitlines()]
     assert [("seconds_bn" in r, "val_map50" in r) for r in rows] == [(False, False), (True, True), (True, True)]
+    assert [r["train_images"] for r in rows] == [1, 1, 1]  # one step of the 1 training frame an epoch
     run = tmp_path / "run"
-    assert cli([*train_args(resume_data, run), *extra, "--stop-after", "1"]) == 0
-    assert cli([*train_args(resume_data, run), *extra, "--resume"]) == 0
+    assert cli([*train_args(small_data, run), *extra, "--stop-after", "1"]) == 0
+    assert cli([*train_args(small_data, run), *extra, "--resume"]) == 0
     assert_same_weights(model_state(run), model_state(whole))
 
 
@@ -139,14 +149,14 @@ def test_resume_and_overwrite_errors(resume_data: Path, uninterrupted: Path, tmp
     assert "holds a resnet18: pass --backbone resnet18" in capsys.readouterr().err
 
 
-def test_pretrained_state_dict_loads_into_backbone(resume_data: Path, tmp_path: Path):
+def test_pretrained_state_dict_loads_into_backbone(small_data: Path, tmp_path: Path):
     from fastyolo.train.model import resnet
 
     torch.manual_seed(123)
     imagenet = resnet("resnet18").state_dict()  # torchvision layout, fc included
     torch.save(imagenet, tmp_path / "resnet18.pth")
     run = tmp_path / "run"
-    args = train_args(resume_data, run, "--pretrained", str(tmp_path / "resnet18.pth"), "--stop-after", "1")
+    args = train_args(small_data, run, *SMALL_SPLIT, "--pretrained", str(tmp_path / "resnet18.pth"), "--stop-after", "1")
     args[args.index("--epochs") + 1] = "1"
     assert cli(args) == 0
     # One epoch at warm-up lr barely moves conv1; random init would be nowhere near.
@@ -272,12 +282,12 @@ def test_default_recipe_overfits_real_frames_through_the_detector(kitti_dir: Pat
     assert sorted(found.class_ids.tolist()) == [2, 2, 2]  # the three pedestrians of 000074, nothing else
 
 
-def test_resume_from_another_directory_extends_a_finished_run(resume_data: Path, tmp_path: Path, monkeypatch):
+def test_resume_from_another_directory_extends_a_finished_run(small_data: Path, tmp_path: Path, monkeypatch):
     """--data is stored absolute (resume works from anywhere) and a larger --epochs extends a finished run."""
     run = tmp_path / "run"
-    monkeypatch.chdir(resume_data.parent)
-    args = ["train", "--data", resume_data.name, "--out", str(run), "--backbone", "resnet18", "--epochs", "1",
-            "--batch", "2", "--val-split", "0.25", "--workers", "0", "--device", "cpu"]
+    monkeypatch.chdir(small_data.parent)
+    args = ["train", "--data", small_data.name, "--out", str(run), "--backbone", "resnet18", "--epochs", "1",
+            "--batch", "2", *SMALL_SPLIT, "--workers", "0", "--device", "cpu"]
     assert cli(args) == 0
     monkeypatch.chdir(tmp_path)  # elsewhere: the relative --data above no longer resolves from here
     assert cli(["train", "--out", str(run), "--resume", "--epochs", "2", "--workers", "0", "--device", "cpu"]) == 0
