@@ -4,6 +4,7 @@ and an interrupted run resumes to the same weights."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import cv2
@@ -126,9 +127,10 @@ def test_device_batches_are_the_same_in_any_worker_and_reach_the_network(samples
 
 
 def test_resume_with_device_augmentation_equals_uninterrupted(kitti_dir: Path, tmp_path: Path, capsys):
-    """3 epochs (2 augmented) straight through, and stopped after epoch 1 then resumed: the same weights."""
-    data = tiny_dataset(kitti_dir, tmp_path / "data", ("000000.jpg", "000022.jpg", "000037.jpg", "000074.jpg"))
-    device = ("--augment-on", "device")
+    """3 epochs (2 augmented) straight through, and stopped after epoch 1 then resumed: the same weights.
+    2 frames, 1 of them validation: one augmented step an epoch is what the resume has to reproduce."""
+    data = tiny_dataset(kitti_dir, tmp_path / "data", ("000037.jpg", "000074.jpg"))
+    device = ("--augment-on", "device", "--val-split", "0.5")
     assert cli(train_args(data, tmp_path / "whole", *device)) == 0
     run = tmp_path / "run"
     assert cli(train_args(data, run, *device, "--stop-after", "1")) == 0
@@ -136,6 +138,8 @@ def test_resume_with_device_augmentation_equals_uninterrupted(kitti_dir: Path, t
     assert cli([*train_args(data, run), "--resume"]) == 0
     assert "augmented on the cpu" in capsys.readouterr().out  # the run kept its --augment-on
     assert_same_weights(model_state(run), model_state(tmp_path / "whole"))
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["train_images"] for r in rows] == [1, 1, 1]  # the 1 training frame, an epoch after the resume too
 
 
 def test_augment_on_resolves_to_workers_unless_asked():
