@@ -36,7 +36,7 @@ def assert_same(grids, sizes, conf, iou, top_k):
     return counts
 
 
-@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     seed=st.integers(0, 2**32 - 1),
     batch=st.integers(1, 3),
