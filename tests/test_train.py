@@ -62,7 +62,7 @@ def small_data(kitti_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 @pytest.fixture(scope="module")
 def uninterrupted(resume_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """3 epochs of 3 steps (augmentation and dropout on, so the random state matters), no interruption."""
+    """3 epochs of 3 steps (augmentation on, so the random state matters), no interruption."""
     run = tmp_path_factory.mktemp("uninterrupted") / "run"
     assert cli(train_args(resume_data, run)) == 0
     return run
