@@ -129,14 +129,16 @@ EVAL_SETS = {  # name: (dataset, --min-size, --tiles): held-out highway segments
 }
 
 
-def evaluate(models: list[Path], out: Path) -> dict[str, dict]:
-    """`fastyolo eval` of each model (a run's best.pt/last.pt or an .onnx) on every EVAL_SETS dataset."""
+def evaluate(models: list[Path], out: Path, sets: list[str] | None = None) -> dict[str, dict]:
+    """`fastyolo eval` of each model (a run's best.pt/last.pt or an .onnx) on every EVAL_SETS dataset (or `sets`)."""
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for model in models:
             key = str(model)
             results[key] = {}
             for name, (data, min_size, tiles) in EVAL_SETS.items():
+                if sets and name not in sets:
+                    continue
                 report = Path(tmp) / f"{len(results)}-{name}.json"
                 subprocess.run([sys.executable, "-m", "fastyolo.cli", "eval", str(model), "--data", data,
                                 "--min-size", str(min_size), "--tiles", tiles, "--json", str(report)], check=True,
@@ -164,13 +166,14 @@ def main() -> None:
     e = sub.add_parser("evaluate", help="mAP@0.5 per class of models on every EVAL_SETS dataset")
     e.add_argument("models", type=Path, nargs="+")
     e.add_argument("--json", type=Path, default=Path("bench/artifacts/real_model_eval.json"))
+    e.add_argument("--sets", nargs="+", choices=tuple(EVAL_SETS), help="only these datasets [all]")
     args = parser.parse_args()
     if args.command == "split":
         print(json.dumps(split(args.labelled, args.out), indent=1))
     elif args.command == "tighten":
         print(json.dumps(tighten(args.projected, args.teacher, args.out)))
     else:
-        evaluate(args.models, args.json)
+        evaluate(args.models, args.json, args.sets)
 
 
 if __name__ == "__main__":
