@@ -126,6 +126,28 @@ def test_detect_ray_equals_single_process(cluster, clips, reference, udacity_dir
     assert "holds a run with other settings" in capsys.readouterr().err
 
 
+def test_detect_ray_annotate_writes_what_detect_draws(cluster, clips, udacity_dir, tmp_path, capsys):
+    """--annotate: a video is one task (said so) and OUTDIR/NAME.mp4 holds every frame single-process detect -o
+    draws; a folder's annotated images are detect -o's, byte for byte."""
+    import numpy as np
+
+    single = tmp_path / "single"
+    assert main(["detect", str(clips[0]), "-o", str(single / "a.mp4"), "--threads", "1", "--no-progress"]) == 0
+    assert main(["detect", str(udacity_dir), "-o", str(single / "stills"), "--threads", "1", "--no-progress"]) == 0
+    out = tmp_path / "out"
+    assert main(["detect", str(clips[0]), str(udacity_dir), "--ray", cluster.address, "-o", str(out), "--annotate",
+                 "--threads", "1", "--chunk-frames", str(CHUNK), "--no-progress"]) == 0
+    assert "one task per video, not per frame range (an annotated video is one stream)" in capsys.readouterr().err
+    with VideoReader(single / "a.mp4", loop=False) as a, VideoReader(out / "a.mp4", loop=False) as b:
+        want, got = list(a), list(b)
+    assert len(got) == len(want) == CLIP_FRAMES
+    for x, y in zip(want, got, strict=True):  # the same drawn frames through the same encoder
+        assert np.abs(x.astype(np.int16) - y).mean() < 0.5
+    drawn = {p.name: p.read_bytes() for p in (single / "stills").iterdir()}
+    assert len(drawn) == 6
+    assert {p.name: p.read_bytes() for p in (out / udacity_dir.name).iterdir()} == drawn
+
+
 def _worker_pids() -> list[int]:
     """Processes of the DetectWorker actors (Ray titles them ray::DetectWorker...)."""
     pids = []
