@@ -86,6 +86,22 @@ def check_tile_overlap(value: float, name: str = "tile_overlap") -> float:
     return float(value)
 
 
+RAY_CHUNK_FRAMES = 1000  # frames (or images) per Ray task: ~10-30 s of work on one CPU, few enough tasks for the driver
+
+
+def add_ray_options(p: argparse.ArgumentParser, *, module: str, run: str, actors: str,
+                    chunk: str) -> argparse._ArgumentGroup:
+    """The --ray [ADDRESS], --workers and --chunk-frames options of a command that runs on a Ray cluster."""
+    ray = p.add_argument_group(f"Ray cluster (fastyolo[ray]; see {module})")
+    ray.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                     help=f"{run} on Ray: no ADDRESS starts Ray on this machine, 'auto' or HOST:PORT joins a cluster "
+                          "('ray start --head'); the same command resumes a stopped run")
+    ray.add_argument("--workers", type=int, default=None,
+                     help=f"with --ray: {actors} actors [the cluster's CPUs / --threads]; --threads is each one's CPUs [1]")
+    ray.add_argument("--chunk-frames", type=int, default=None, help=f"with --ray: {chunk} [{RAY_CHUNK_FRAMES}]")
+    return ray
+
+
 def add_runtime_options(p: argparse.ArgumentParser, *, conf: float = CONF, iou: float = IOU,
                         precision_help: str | None = None) -> None:
     """--backend, --precision, --threads, --conf, --iou, --tiles with this module's defaults."""

@@ -42,7 +42,7 @@ from fastyolo.detections import Detections
 from fastyolo.errors import FastYoloError, MissingDependencyError, UsageError
 from fastyolo.fileio import atomic_path, check_outputs, file_identity, write_text
 
-DEFAULT_CHUNK = 1000  # frames (or images) per task: ~10-30 s of work on one CPU, few enough tasks for the driver
+DEFAULT_CHUNK = cfg.RAY_CHUNK_FRAMES
 MANIFEST = "manifest.json"
 PARTS = ".parts"
 TABLES = ("jsonl", "csv")

@@ -40,15 +40,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     cfg.add_runtime_options(p)
     p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    ray = p.add_argument_group("Ray cluster (fastyolo[ray]; see fastyolo.distributed)")
-    ray.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
-                     help="run on Ray: no ADDRESS starts Ray on this machine, 'auto' or HOST:PORT joins a cluster "
-                          "('ray start --head'); -o is then a folder with one NAME.jsonl per source and manifest.json, "
-                          "and the same command resumes a stopped run")
-    ray.add_argument("--workers", type=int, default=None,
-                     help="with --ray: Detector actors [the cluster's CPUs / --threads]; --threads is each one's CPUs [1]")
-    ray.add_argument("--chunk-frames", type=int, default=None,
-                     help="with --ray: frames (or images) per task of a long video or a folder [1000]")
+    ray = cfg.add_ray_options(p, module="fastyolo.distributed",
+                              run="detect (-o is then a folder with one NAME.jsonl per source and manifest.json)",
+                              actors="Detector", chunk="frames (or images) per task of a long video or a folder")
     ray.add_argument("--table", choices=("jsonl", "csv"), default="jsonl",
                      help="with --ray: the per-source file, OUTDIR/NAME.jsonl or .csv [jsonl]")
     ray.add_argument("--annotate", action="store_true",

@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 
 from fastyolo import teacher_views as views
+from fastyolo.cfg import add_ray_options
 from fastyolo.errors import FastYoloError
 from fastyolo.layout import CLASS_NAMES
 from fastyolo.teacher import DEFAULT_IOU
@@ -91,15 +92,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=int, default=None, help="stop after writing this many frames")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for each teacher [the runtime's default]")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    ray = p.add_argument_group("Ray cluster (fastyolo[ray]; see fastyolo.distributed_label)")
-    ray.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
-                     help="label on Ray: no ADDRESS starts Ray on this machine, 'auto' or HOST:PORT joins a cluster "
-                          "('ray start --head'); the same dataset, plus manifest.json, and the same command resumes a "
-                          "stopped run. One task per source (with --dedup 0: long videos in frame ranges)")
-    ray.add_argument("--workers", type=int, default=None,
-                     help="with --ray: teacher actors [the cluster's CPUs / --threads]; --threads is each one's CPUs [1]")
-    ray.add_argument("--chunk-frames", type=int, default=None,
-                     help="with --ray and --dedup 0: frames per task of a long video [1000]")
+    add_ray_options(p, module="fastyolo.distributed_label", run="label (the same dataset, plus manifest.json)",
+                    actors="teacher", chunk="with --dedup 0, frames per task of a long video (one task per source "
+                                            "otherwise)")
     return p
 
 
