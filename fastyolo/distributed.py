@@ -501,7 +501,7 @@ class _Job:
                 for s in self.sources]
         manifest = {"version": MANIFEST_VERSION, "settings": self.options.settings(), "sources": rows,
                     "skipped": [list(b) for b in self.summary.skipped],
-                    "complete": all(v != "partial" for v in self.state.values())}
+                    "complete": all(v in ("complete", "failed") for v in self.state.values())}
         write_text(self.output / MANIFEST, json.dumps(manifest, indent=1) + "\n")
 
     def run(self, address: str | None, workers: int | None, progress: bool) -> JobSummary:
