@@ -127,25 +127,39 @@ def test_detect_ray_equals_single_process(cluster, clips, reference, udacity_dir
 
 
 def test_detect_ray_annotate_writes_what_detect_draws(cluster, clips, udacity_dir, tmp_path, capsys):
-    """--annotate: a video is one task (said so) and OUTDIR/NAME.mp4 holds every frame single-process detect -o
-    draws; a folder's annotated images are detect -o's, byte for byte."""
+    """--annotate: a video is one task (said so) and OUTDIR/NAME.mp4 holds every frame with the boxes detect draws;
+    a folder's annotated images are detect -o's, byte for byte."""
     import numpy as np
 
-    single = tmp_path / "single"
-    assert main(["detect", str(clips[0]), "-o", str(single / "a.mp4"), "--threads", "1", "--no-progress"]) == 0
-    assert main(["detect", str(udacity_dir), "-o", str(single / "stills"), "--threads", "1", "--no-progress"]) == 0
+    from fastyolo import Detector
+    from fastyolo.draw import annotate
+
+    single = tmp_path / "stills"
+    assert main(["detect", str(udacity_dir), "-o", str(single), "--threads", "1", "--no-progress"]) == 0
     out = tmp_path / "out"
-    assert main(["detect", str(clips[0]), str(udacity_dir), "--ray", cluster.address, "-o", str(out), "--annotate",
+    assert main(["detect", str(clips[1]), str(udacity_dir), "--ray", cluster.address, "-o", str(out), "--annotate",
                  "--threads", "1", "--chunk-frames", str(CHUNK), "--no-progress"]) == 0
     assert "one task per video, not per frame range (an annotated video is one stream)" in capsys.readouterr().err
-    with VideoReader(single / "a.mp4", loop=False) as a, VideoReader(out / "a.mp4", loop=False) as b:
-        want, got = list(a), list(b)
-    assert len(got) == len(want) == CLIP_FRAMES
-    for x, y in zip(want, got, strict=True):  # the same drawn frames through the same encoder
-        assert np.abs(x.astype(np.int16) - y).mean() < 0.5
-    drawn = {p.name: p.read_bytes() for p in (single / "stills").iterdir()}
-    assert len(drawn) == 6
-    assert {p.name: p.read_bytes() for p in (out / udacity_dir.name).iterdir()} == drawn
+    detector = Detector(threads=1)
+    with VideoReader(clips[1], loop=False) as a, VideoReader(out / "b.mp4", loop=False) as b:  # cars in every frame
+        raw, got = list(a), list(b)
+    assert len(got) == len(raw) == CLIP_FRAMES
+    marked = 0
+    for frame, decoded in zip(raw, got, strict=True):
+        drawn = annotate(frame, detector.detect(frame)).astype(np.int16)
+        # Lossy H.264 (two encodes of one frame do not agree bit for bit): the drawn boxes and labels must be there,
+        # far nearer the drawn pixels than the undrawn ones were, and the frame within the encoder's noise.
+        marks = (drawn != frame).any(axis=2)
+        if marks.any():
+            marked += 1
+            assert np.abs(drawn - decoded)[marks].mean() < 0.5 * np.abs(drawn - frame)[marks].mean()
+        # x264 veryfast here: ~3 grey levels. Neighbouring frames differ by about as much (2-31): what pins each frame
+        # to its place is the marks check above, as a frame off by one has its boxes off their marks.
+        assert np.abs(drawn - decoded).mean() < 6.0
+    assert marked > CLIP_FRAMES // 2
+    drawn_stills = {p.name: p.read_bytes() for p in single.iterdir()}
+    assert len(drawn_stills) == 6
+    assert {p.name: p.read_bytes() for p in (out / udacity_dir.name).iterdir()} == drawn_stills
 
 
 def _worker_pids() -> list[int]:
