@@ -1,8 +1,8 @@
 """The packaged model end to end against Ultralytics yolo11n at 224 on OpenVINO, timed the same way in one run
 (issue 20's speed target: >= 2x). bench/RESULTS.md, "Against yolo11n".
 
-    python -m venv /work/venv-yolo && /work/venv-yolo/bin/pip install torch==2.14.1 torchvision==0.29.1 ultralytics openvino
-    python bench/yolo11n_speed.py --yolo-python /work/venv-yolo/bin/python [--rounds 3] [--frames 300]
+    python -m venv ~/venv-yolo && ~/venv-yolo/bin/pip install torch==2.14.1 torchvision==0.29.1 ultralytics openvino
+    python bench/yolo11n_speed.py --yolo-python ~/venv-yolo/bin/python [--rounds 3] [--frames 300]
         [--model NAME=ONNX ...] [--json F]
 
 Ultralytics lives in a venv of its own (its torchvision breaks beside our CPU torch). yolo11n is built from
