@@ -27,10 +27,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from fastyolo import distributed
+from fastyolo import teacher_views as views
 from fastyolo.commands.label import CSV_HEADER, DEFAULT_DEDUP, SourceLabeller, Summary, check_placement, dataset_manifest
 from fastyolo.distributed import JobSummary, Source
 from fastyolo.errors import FastYoloError, UsageError
 from fastyolo.fileio import atomic_path, check_outputs, file_identity, write_text
+from fastyolo.teacher import DEFAULT_IOU
 
 DATASET_FILES = ("labels.csv", "sources.json")
 
@@ -42,14 +44,14 @@ class LabelOptions:
     teachers: tuple[str, ...]
     teacher_weights: tuple[float, ...] | None = None
     every: int = 1
-    conf: float = 0.37
-    tiles: bool = True
-    overlap: float = 0.25
-    flip: str = "all"
-    fusion: str = "wbf"
-    fusion_iou: float = 0.55
-    view_conf: float = 0.05
-    iou: float = 0.45
+    conf: float = views.DEFAULT_CONF
+    tiles: bool = views.DEFAULT_TILES
+    overlap: float = views.DEFAULT_OVERLAP
+    flip: str = views.DEFAULT_FLIP
+    fusion: str = views.DEFAULT_FUSION
+    fusion_iou: float = views.DEFAULT_FUSION_IOU
+    view_conf: float = views.DEFAULT_VIEW_CONF
+    iou: float = DEFAULT_IOU
     class_aware_nms: bool = False
     dedup: float = DEFAULT_DEDUP
     threads: int = 1  # each teacher's runtime threads = the actor's num_cpus

@@ -11,7 +11,7 @@ import numba
 import numpy as np
 
 from fastyolo.backends import open_session
-from fastyolo.backends.base import wrong_output
+from fastyolo.backends.base import available_cpus, wrong_output
 from fastyolo.detections import Detections
 from fastyolo.errors import ModelError
 from fastyolo.input_format import NORMALIZED
@@ -56,7 +56,7 @@ class Pipeline(Protocol):
 
 
 def default_threads() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return available_cpus()
 
 
 def check_output(grids: Any, frames: int, model: str | os.PathLike) -> np.ndarray:

@@ -175,3 +175,12 @@ def test_slim_head_is_separable_saves_loads_and_exports(tmp_path):
     session = ort.InferenceSession(str(tmp_path / "slim.onnx"), providers=["CPUExecutionProvider"])
     got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
     np.testing.assert_allclose(got, want.numpy(), atol=1e-4)
+
+
+def test_cli_choices_are_the_model_s():
+    """The CLI lists the backbones and heads without importing torch: its copies must be train/model.py's."""
+    from fastyolo.train import model
+
+    from fastyolo.commands import train as train_cli
+
+    assert train_cli.BACKBONES == model.BACKBONES and train_cli.HEADS == model.HEADS

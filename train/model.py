@@ -4,7 +4,7 @@ The ResNet is written here (PyPI's torchvision does not install beside the CPU t
 torchvision's module and parameter names, so a torchvision ImageNet state dict loads into
 `YoloNet.backbone` unchanged. EfficientNet-Lite0 lives in efficientnet.py.
 
-Two heads map the features to the (N, 11, 11, 13) grid:
+Three heads map the features to the (N, 11, 11, 13) grid:
 
 - "conv" (the default): the stride-16 and stride-32 feature maps resampled onto the 11x11 grid,
   concatenated, then 1x1 + two 3x3 convolutions and a 1x1 to the 13 cell values. Every cell is

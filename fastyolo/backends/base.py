@@ -18,6 +18,13 @@ class Session(Protocol):
         ...
 
 
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity, as a container or taskset limits it)."""
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def wrong_output(model: object, shape: tuple, dtype: object, frames: int) -> Exception:
     """The ModelError for a model whose output is not (frames, S, S, CELL_SIZE) float32, whatever its header declares."""
     from fastyolo.errors import ModelError

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import threading
 
 import numpy as np
 
-from fastyolo.backends.base import check_precision, wrong_output
+from fastyolo.backends.base import available_cpus, check_precision, wrong_output
 from fastyolo.errors import ModelError
 from fastyolo.input_format import NORMALIZED, UINT8, input_shape
 from fastyolo.layout import INPUT_NAME, MEAN, STD, output_shape
@@ -49,8 +48,7 @@ def cpu_pinning(threads: int | None) -> bool:
     OpenVINO pins by default and picks the same first cores in every process, so two `--threads 1` processes (two
     Ray workers, two cameras) shared one core of two: measured, each ran at 66% CPU and the pair no faster than one.
     """
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return threads is None or int(threads) >= cpus
+    return threads is None or int(threads) >= available_cpus()
 
 
 class OpenVINOSession:
