@@ -4,6 +4,7 @@ detect frame by frame, a worker killed with SIGKILL mid-job, a driver killed mid
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -37,6 +38,11 @@ def cluster():
     c.add_node(num_cpus=1, object_store_memory=mb100)
     c.wait_for_nodes()
     ray.init(address=c.address, log_to_driver=False, logging_level="warning")
+    # Ray Data's metrics poller is a daemon thread that outlives ray.shutdown() and logs each failed poll with its
+    # traceback at DEBUG; pytest's log capture formats it, which calls ast.parse on that thread. On Python < 3.11.8
+    # ast.parse is not thread-safe (cpython gh-106905), and a later test's torch.onnx.export (onnxscript parses its
+    # torchlib) failed with "AST constructor recursion depth mismatch". Its log records go nowhere instead.
+    logging.getLogger("ray.data._internal.usage.poller").disabled = True
     yield c
     ray.shutdown()
     c.shutdown()
