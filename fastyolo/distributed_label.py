@@ -47,6 +47,7 @@ class LabelOptions:
     conf: float = views.DEFAULT_CONF
     tiles: bool = views.DEFAULT_TILES
     overlap: float = views.DEFAULT_OVERLAP
+    zooms: tuple[float, ...] = views.DEFAULT_TILE_ZOOMS
     flip: str = views.DEFAULT_FLIP
     fusion: str = views.DEFAULT_FUSION
     fusion_iou: float = views.DEFAULT_FUSION_IOU
@@ -60,9 +61,10 @@ class LabelOptions:
     @classmethod
     def from_args(cls, args: argparse.Namespace, threads: int, chunk_frames: int) -> LabelOptions:
         weights = None if args.teacher_weights is None else tuple(float(w) for w in args.teacher_weights)
-        return cls(tuple(str(t) for t in args.teacher), weights, args.every, args.conf, args.tiles, args.tile_overlap,
-                   args.flip, args.fusion, args.fusion_iou, args.view_conf, args.iou, args.class_aware_nms,
-                   args.dedup, threads, chunk_frames)
+        return cls(tuple(str(t) for t in args.teacher), weights, every=args.every, conf=args.conf, tiles=args.tiles,
+                   overlap=args.tile_overlap, zooms=tuple(args.tile_zoom), flip=args.flip, fusion=args.fusion,
+                   fusion_iou=args.fusion_iou, view_conf=args.view_conf, iou=args.iou,
+                   class_aware_nms=args.class_aware_nms, dedup=args.dedup, threads=threads, chunk_frames=chunk_frames)
 
     def settings(self) -> dict:
         """What a resumed run must share with the run that wrote the manifest (not the workers' count)."""
@@ -82,8 +84,8 @@ def _ensemble(options: LabelOptions):
     teachers = [Teacher(Path(path), conf=options.view_conf, iou=options.iou, class_agnostic=not options.class_aware_nms,
                         threads=options.threads) for path in options.teachers]
     return Ensemble(teachers, weights=None if options.teacher_weights is None else list(options.teacher_weights),
-                    tiles=options.tiles, overlap=options.overlap, flip=options.flip, fusion=options.fusion,
-                    fusion_iou=options.fusion_iou, view_conf=options.view_conf, conf=options.conf)
+                    tiles=options.tiles, overlap=options.overlap, zooms=options.zooms, flip=options.flip,
+                    fusion=options.fusion, fusion_iou=options.fusion_iou, view_conf=options.view_conf, conf=options.conf)
 
 
 class LabelWorker:

@@ -151,6 +151,7 @@ def test_bad_options_one_line(capsys, tmp_path: Path, teacher: Path, udacity: Pa
     _one_line_error(*_label(capsys, udacity, "--teacher", teacher, "--view-conf", 0.5, "--conf", 0.3, "-o", out),
                     r"--view-conf 0.5 is above --conf 0.3")
     _one_line_error(*_label(capsys, udacity, "--teacher", teacher, "--tile-overlap", 1, "-o", out), r"--tile-overlap")
+    _one_line_error(*_label(capsys, udacity, "--teacher", teacher, "--tile-zoom", 1, 1, "-o", out), r"--tile-zoom takes")
     _one_line_error(*_label(capsys, udacity, "--teacher", teacher, "--fusion-iou", 0, "-o", out), r"--fusion-iou")
     _one_line_error(*_label(capsys, tmp_path / "missing.mp4", "--teacher", teacher, "-o", out), r"source not found")
     _one_line_error(*_label(capsys, "0", "--teacher", teacher, "-o", out), r"not cameras")
@@ -158,7 +159,7 @@ def test_bad_options_one_line(capsys, tmp_path: Path, teacher: Path, udacity: Pa
 
 
 def test_two_teachers_on_tiles_and_flips(capsys, tmp_path: Path, teacher: Path, kitti_dir: Path):
-    """The default views (full frame, 4 native-scale tiles, all flipped) of two teachers, fused: the labels are
+    """The default views (full frame, 12 tiles at zoom 1.5, all flipped) of two teachers, fused: the labels are
     what fastyolo.teacher_views.Ensemble gives, and sources.json names every teacher and view."""
     from fastyolo.teacher import Teacher
     from fastyolo.teacher_views import Ensemble
@@ -180,8 +181,9 @@ def test_two_teachers_on_tiles_and_flips(capsys, tmp_path: Path, teacher: Path, 
     views = manifest["views"]["1242x375"]
     assert list(views) == [str(PICODET), str(teacher)]
     for names in views.values():
-        assert names[:3] == ["full", "full flipped", "tile 0,0 416x375"] and len(names) == 10
+        assert names[:3] == ["full", "full flipped", "tile 0,0 277x277 zoom 1.5"] and len(names) == 26
     assert manifest["fusion"] == "wbf" and manifest["tiles"] and manifest["flip"] == "all"
+    assert manifest["tile_zooms"] == [1.5]
     ensemble = Ensemble([Teacher(PICODET, conf=manifest["view_conf"]), Teacher(teacher, conf=manifest["view_conf"])])
     expected = ensemble.detect(cv2.imread(str(frames / "000038.jpg")))
     assert len(samples) == 1 and len(samples[0].boxes) == len(expected) >= 6

@@ -1,7 +1,7 @@
 """fastyolo label SOURCE... --teacher T.onnx [--teacher T2.onnx] -o DATASET: label footage with COCO teachers.
 
 Teachers are COCO detectors in the YOLOX or PicoDet ONNX layout (recognised from the file). Each runs on
-several views of a frame (the full frame, overlapping native-scale tiles, their horizontal flips:
+several views of a frame (the full frame, overlapping tiles enlarged 1.5x, their horizontal flips:
 fastyolo.teacher_views), and all their boxes are fused by weighted boxes fusion (fastyolo.fusion).
 
 The dataset is what `fastyolo train`/`eval` and `fastyolo.datasets.load_dataset` read:
@@ -50,8 +50,8 @@ DEFAULT_DEDUP = 0.001
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "label", help="label images or video with COCO teacher detectors (YOLOX or PicoDet ONNX) into a training dataset",
-        description="Run COCO detectors (YOLOX or PicoDet ONNX layout) on the full frame, overlapping native-scale "
-                    "tiles and their flips, fuse their boxes (weighted boxes fusion) and write a dataset fastyolo "
+        description="Run COCO detectors (YOLOX or PicoDet ONNX layout) on the full frame, overlapping tiles enlarged "
+                    "1.5x and their flips, fuse their boxes (weighted boxes fusion) and write a dataset fastyolo "
                     "train/eval read: labels.csv (crowdAI), images/, sources.json. COCO car -> Car, truck and bus -> "
                     "Truck, person -> Pedestrian.",
     )
@@ -68,10 +68,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--conf", type=float, default=views.DEFAULT_CONF,
                    help=f"score a fused box needs to become a label [{views.DEFAULT_CONF}]")
     p.add_argument("--tiles", action=argparse.BooleanOptionalAction, default=views.DEFAULT_TILES,
-                   help="also run each teacher on overlapping tiles of its own input size, at native scale "
+                   help="also run each teacher on overlapping tiles, enlarged into its input by --tile-zoom "
                         f"(small, distant objects) [{'on' if views.DEFAULT_TILES else 'off'}]")
     p.add_argument("--tile-overlap", type=float, default=views.DEFAULT_OVERLAP,
                    help=f"fraction of a tile shared with its neighbour [{views.DEFAULT_OVERLAP}]")
+    p.add_argument("--tile-zoom", type=float, nargs="+", default=list(views.DEFAULT_TILE_ZOOMS), metavar="Z",
+                   help="one set of tiles per zoom: tiles of the teacher's input size / Z, enlarged into it (1 is "
+                        "native scale; 1.5 shows distant objects 1.5x larger; several zooms give several sets) "
+                        f"[{' '.join(f'{z:g}' for z in views.DEFAULT_TILE_ZOOMS)}]")
     p.add_argument("--flip", choices=views.FLIPS, default=views.DEFAULT_FLIP,
                    help="horizontal flips: none, the full frame's, or every view's [%(default)s]")
     p.add_argument("--fusion", choices=views.FUSIONS, default=views.DEFAULT_FUSION,
@@ -130,6 +134,9 @@ def _validate(args: argparse.Namespace) -> None:
     for name, value in (("--tile-overlap", args.tile_overlap),):
         if not 0.0 <= value < 1.0:
             raise FastYoloError(f"{name} must be in [0, 1), got {value}")
+    if any(not 1.0 <= z <= 4.0 for z in args.tile_zoom) or len(set(args.tile_zoom)) != len(args.tile_zoom):
+        raise FastYoloError("--tile-zoom takes distinct zooms in [1, 4] (1 = native scale), got "
+                            + " ".join(f"{z:g}" for z in args.tile_zoom))
     if not 0.0 < args.fusion_iou <= 1.0:
         raise FastYoloError(f"--fusion-iou must be in (0, 1], got {args.fusion_iou}")
     if not 0.0 <= args.view_conf < 1.0:
@@ -239,8 +246,8 @@ def run(args: argparse.Namespace) -> int:
         teachers = [Teacher(path, conf=args.view_conf, iou=args.iou, class_agnostic=not args.class_aware_nms,
                             threads=args.threads) for path in args.teacher]
         ensemble = Ensemble(teachers, weights=args.teacher_weights, tiles=args.tiles, overlap=args.tile_overlap,
-                            flip=args.flip, fusion=args.fusion, fusion_iou=args.fusion_iou, view_conf=args.view_conf,
-                            conf=args.conf)
+                            zooms=tuple(args.tile_zoom), flip=args.flip, fusion=args.fusion,
+                            fusion_iou=args.fusion_iou, view_conf=args.view_conf, conf=args.conf)
         return _label(args, opened, ensemble, tqdm)
     finally:
         for _, source in opened:
