@@ -70,7 +70,8 @@ class LabelOptions:
         """What a resumed run must share with the run that wrote the manifest (not the workers' count)."""
         return {**asdict(self), "teachers": [os.path.realpath(t) for t in self.teachers],
                 "teacher_identities": [file_identity(t) for t in self.teachers],
-                "teacher_weights": None if self.teacher_weights is None else list(self.teacher_weights)}
+                "teacher_weights": None if self.teacher_weights is None else list(self.teacher_weights),
+                "zooms": list(self.zooms)}  # as JSON reads it back: a tuple never equals the manifest's list
 
     def namespace(self) -> argparse.Namespace:
         """The fields sources.json takes from the command line."""
