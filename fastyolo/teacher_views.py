@@ -84,6 +84,13 @@ def tile_starts(length: int, tile: int, overlap: float) -> list[int]:
     return [round(i * (length - tile) / (n - 1)) for i in range(n)]
 
 
+def check_zooms(zooms: Sequence[float], name: str = "tile zooms") -> None:
+    """The one rule for tile zooms (label's --tile-zoom checks it before any teacher or Ray worker starts)."""
+    if not zooms or any(not 1.0 <= z <= 4.0 for z in zooms) or len(set(zooms)) != len(zooms):
+        raise FastYoloError(f"{name}: need distinct zooms in [1, 4] (1 = native scale), got "
+                            + (" ".join(f"{z:g}" for z in zooms) or "none"))
+
+
 def plan_views(width: int, height: int, tile: tuple[int, int] | None, overlap: float = DEFAULT_OVERLAP,
                flip: str = DEFAULT_FLIP, zooms: Sequence[float] = DEFAULT_TILE_ZOOMS) -> list[View]:
     """The views of a width x height frame: the full frame, then tiles (tile = (w, h), the teacher's input in
@@ -93,8 +100,7 @@ def plan_views(width: int, height: int, tile: tuple[int, int] | None, overlap: f
         raise FastYoloError(f"flip must be one of {', '.join(FLIPS)}, got {flip!r}")
     if not 0.0 <= overlap < 1.0:
         raise FastYoloError(f"tile overlap must be in [0, 1), got {overlap}")
-    if not zooms or any(not 1.0 <= z <= 4.0 for z in zooms) or len(set(zooms)) != len(zooms):
-        raise FastYoloError(f"tile zooms must be distinct numbers in [1, 4], got {', '.join(map(str, zooms)) or 'none'}")
+    check_zooms(zooms)
     views = [View(0, 0, width, height)]
     if flip != "none":
         views.append(View(0, 0, width, height, flip=True))

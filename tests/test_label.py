@@ -151,7 +151,8 @@ def test_bad_options_one_line(capsys, tmp_path: Path, teacher: Path, udacity: Pa
     _one_line_error(*_label(capsys, udacity, "--teacher", teacher, "--view-conf", 0.5, "--conf", 0.3, "-o", out),
                     r"--view-conf 0.5 is above --conf 0.3")
     _one_line_error(*_label(capsys, udacity, "--teacher", teacher, "--tile-overlap", 1, "-o", out), r"--tile-overlap")
-    _one_line_error(*_label(capsys, udacity, "--teacher", teacher, "--tile-zoom", 1, 1, "-o", out), r"--tile-zoom takes")
+    _one_line_error(*_label(capsys, udacity, "--teacher", teacher, "--tile-zoom", 1, 1, "-o", out),
+                    r"--tile-zoom: need distinct zooms in \[1, 4\]")
     _one_line_error(*_label(capsys, udacity, "--teacher", teacher, "--fusion-iou", 0, "-o", out), r"--fusion-iou")
     _one_line_error(*_label(capsys, tmp_path / "missing.mp4", "--teacher", teacher, "-o", out), r"source not found")
     _one_line_error(*_label(capsys, "0", "--teacher", teacher, "-o", out), r"not cameras")

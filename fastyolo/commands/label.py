@@ -134,9 +134,7 @@ def _validate(args: argparse.Namespace) -> None:
     for name, value in (("--tile-overlap", args.tile_overlap),):
         if not 0.0 <= value < 1.0:
             raise FastYoloError(f"{name} must be in [0, 1), got {value}")
-    if any(not 1.0 <= z <= 4.0 for z in args.tile_zoom) or len(set(args.tile_zoom)) != len(args.tile_zoom):
-        raise FastYoloError("--tile-zoom takes distinct zooms in [1, 4] (1 = native scale), got "
-                            + " ".join(f"{z:g}" for z in args.tile_zoom))
+    views.check_zooms(args.tile_zoom, "--tile-zoom")
     if not 0.0 < args.fusion_iou <= 1.0:
         raise FastYoloError(f"--fusion-iou must be in (0, 1], got {args.fusion_iou}")
     if not 0.0 <= args.view_conf < 1.0:
