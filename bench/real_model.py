@@ -140,9 +140,11 @@ def evaluate(models: list[Path], out: Path, sets: list[str] | None = None) -> di
                 if sets and name not in sets:
                     continue
                 report = Path(tmp) / f"{len(results)}-{name}.json"
-                subprocess.run([sys.executable, "-m", "fastyolo.cli", "eval", str(model), "--data", data,
-                                "--min-size", str(min_size), "--tiles", tiles, "--json", str(report)], check=True,
-                               stdout=subprocess.DEVNULL)
+                done = subprocess.run([sys.executable, "-m", "fastyolo.cli", "eval", str(model), "--data", data,
+                                       "--min-size", str(min_size), "--tiles", tiles, "--json", str(report)],
+                                      stdout=subprocess.DEVNULL)
+                if done.returncode:  # fastyolo eval said why in one line on stderr
+                    sys.exit(f"bench/real_model.py: fastyolo eval of {model} on {name} failed (exit {done.returncode})")
                 figures = json.loads(report.read_text())
                 results[key][name] = {"map50": figures["map50"], "map50_95": figures["map50_95"],
                                       **{f"ap50_{c}": v["ap50"] for c, v in figures["per_class"].items()}}

@@ -99,7 +99,10 @@ def run_views(name: str, path: Path, dataset: str, samples, overlap: float, floo
                                      len(samples)]).encode()).hexdigest()[:16]
     file = cache / f"{name}_{dataset.replace(' ', '_')}_{key}.npz"
     if file.is_file():
-        return _load_views(file)
+        try:
+            return _load_views(file)
+        except (OSError, ValueError, KeyError) as exc:  # a broken or foreign file: run the views again
+            print(f"  {file.name}: unreadable cache ({exc}), running the views again", file=sys.stderr)
     teacher = Teacher(path, conf=floor)
     frames, start = [], time.perf_counter()
     for i, s in enumerate(samples):
