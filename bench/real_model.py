@@ -155,6 +155,21 @@ def evaluate(models: list[Path], out: Path, sets: list[str] | None = None) -> di
     return results
 
 
+def soup(runs: list[Path], data: list[Path], out: Path) -> None:
+    """The runs' weights averaged (train/soup.py), BatchNorm recomputed over their training frames (`data`)."""
+    from fastyolo.train.checkpoint import load_checkpoint
+    from fastyolo.train.soup import average_runs
+
+    from fastyolo.datasets import load_dataset
+
+    # A run without --init started where `start --seed ITS_SEED` does (checked: equal weights after an epoch).
+    starts = {(c.get("config") or {}).get("init") or f"seed {(c.get('config') or {}).get('seed')} without --init"
+              for c in map(load_checkpoint, runs)}
+    print(f"{len(runs)} runs, started from: {'; '.join(sorted(starts))} (they must be the same weights)")
+    frames = [s for folder in data for s in load_dataset(folder)[0]]
+    average_runs(runs, frames, out)
+    print(f"{out}: the average of {len(runs)} runs, BatchNorm over {min(len(frames), 256)} of {len(frames)} frames")
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -169,8 +184,21 @@ def main() -> None:
     e.add_argument("models", type=Path, nargs="+")
     e.add_argument("--json", type=Path, default=Path("bench/artifacts/real_model_eval.json"))
     e.add_argument("--sets", nargs="+", choices=tuple(EVAL_SETS), help="only these datasets [all]")
+    i = sub.add_parser("start", help="the starting weights of a run, for `fastyolo train --init` (see soup)")
+    i.add_argument("--out", type=Path, required=True)
+    i.add_argument("--seed", type=int, default=0)
+    u = sub.add_parser("soup", help="average the weights of runs that share one --init, BatchNorm recomputed")
+    u.add_argument("runs", type=Path, nargs="+", help="the runs' last.pt")
+    u.add_argument("--data", type=Path, nargs="+", required=True, help="their --data folders")
+    u.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    if args.command == "split":
+    if args.command == "start":
+        from fastyolo.train.soup import start_weights
+
+        start_weights(args.out, "efficientnet_lite0", seed=args.seed)
+    elif args.command == "soup":
+        soup(args.runs, args.data, args.out)
+    elif args.command == "split":
         print(json.dumps(split(args.labelled, args.out), indent=1))
     elif args.command == "tighten":
         print(json.dumps(tighten(args.projected, args.teacher, args.out)))
