@@ -60,10 +60,12 @@ def test_start_weights_are_where_a_seeded_run_starts(tmp_path):
 
 def test_average_runs_on_real_frames(tmp_path, kitti_dir):
     frames = load_dataset(kitti_dir)[0][:6]
+    start = tmp_path / "start.pt"
+    start_weights(start, "efficientnet_lite0", seed=0, pretrained=None)
     runs = []
-    for seed in (1, 2):
+    for seed in (1, 2):  # two "runs" of one start (their weights differ as trained runs' do)
         runs.append(tmp_path / f"run{seed}.pt")
-        save_checkpoint(runs[-1], _net(seed), config={"seed": seed})
+        save_checkpoint(runs[-1], _net(seed), config={"seed": seed, "init": str(start), "pretrained": None})
     soup = average_runs(runs, frames, tmp_path / "soup.pt", batch=3)
     written = load_model(tmp_path / "soup.pt")  # what `fastyolo export` reads
     states = [load_checkpoint(r)["model"] for r in runs]
@@ -87,3 +89,19 @@ def test_average_runs_on_real_frames(tmp_path, kitti_dir):
     torch.testing.assert_close(net._bn0.running_var, variance, rtol=1e-4, atol=1e-5)
     assert not torch.allclose(net._bn0.running_var, torch.ones_like(variance))  # not the fresh network's
     assert load_checkpoint(tmp_path / "soup.pt")["soup"]["bn_frames"] == 6
+
+
+def test_average_runs_refuses_runs_of_different_starts(tmp_path, kitti_dir):
+    frames = load_dataset(kitti_dir)[0][:2]
+    start = tmp_path / "start.pt"
+    start_weights(start, "efficientnet_lite0", seed=0, pretrained=None)
+    same, other = tmp_path / "same.pt", tmp_path / "other.pt"
+    save_checkpoint(same, _net(1), config={"seed": 0, "pretrained": None})  # no --init, seed 0: start.pt's weights
+    save_checkpoint(other, _net(2), config={"seed": 4, "pretrained": None})  # another seeded head
+    runs = [tmp_path / "run.pt", same]
+    save_checkpoint(runs[0], _net(3), config={"seed": 7, "init": str(start), "pretrained": None})
+    average_runs(runs, frames, tmp_path / "ok.pt", batch=2)  # one start, reached two ways
+    said = r"different weights .*run.pt: seed 0, no ImageNet weights; .*other.pt: seed 4, no ImageNet weights"
+    with pytest.raises(ModelError, match=said):
+        average_runs([runs[0], other], frames, tmp_path / "no.pt", batch=2)
+    assert not (tmp_path / "no.pt").exists()

@@ -57,6 +57,28 @@ def average_states(states: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch
             if states[0][n].is_floating_point() else states[0][n] for n in keys}
 
 
+def start_of(checkpoint: dict) -> tuple:
+    """Where a run started: ("seed", N, pretrained) for a run from ImageNet weights and a seeded head (with no
+    --init, or --init a `start_weights` file), ("init", PATH) for a run fine-tuned from another checkpoint."""
+    config = checkpoint.get("config") or {}
+    init = config.get("init")
+    if not init:
+        return ("seed", config.get("seed", 0), config.get("pretrained", "auto"))
+    try:
+        made = load_checkpoint(init).get("start")
+    except ModelError:
+        made = None  # moved or gone: only the path can be compared
+    if isinstance(made, dict) and "seed" in made:
+        return ("seed", made["seed"], "auto" if made.get("pretrained") else None)
+    return ("init", str(Path(init).resolve()))
+
+
+def _said(start: tuple) -> str:
+    if start[0] == "init":
+        return f"--init {start[1]}"
+    return f"seed {start[1]}, " + ("no ImageNet weights" if start[2] in (None, "", "none") else "ImageNet weights")
+
+
 def average_runs(runs: Sequence[str | os.PathLike], frames: Sequence[Sample], out: str | os.PathLike,
                  batch: int = 16) -> YoloNet:
     """Average the runs' checkpoints, recompute BatchNorm over (up to 256 of) `frames`, write `out`."""
@@ -66,6 +88,11 @@ def average_runs(runs: Sequence[str | os.PathLike], frames: Sequence[Sample], ou
         if (c["backbone"], c.get("head", "fc")) != (model.backbone_name, model.head_name):
             raise ModelError(f"{runs[k - 1]} is a {c['backbone']} {c.get('head', 'fc')}-head network, "
                              f"{runs[0]} a {model.backbone_name} {model.head_name}-head one: they cannot be averaged")
+    starts = [start_of(c) for c in checkpoints]
+    if len(set(starts)) > 1:
+        raise ModelError("the runs started from different weights (their average would not be a working network): "
+                         + "; ".join(f"{r}: {_said(k)}" for r, k in zip(runs, starts, strict=True))
+                         + " (train each with --init of one start_weights file)")
     model.load_state_dict(average_states([c["model"] for c in checkpoints]))
     rows = calibration_subset(len(frames))
     subset = YoloDataset([frames[i] for i in rows], augment=False)
