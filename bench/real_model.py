@@ -157,6 +157,7 @@ def evaluate(models: list[Path], out: Path, sets: list[str] | None = None) -> di
 
 def soup(runs: list[Path], data: list[Path], out: Path) -> None:
     """The runs' weights averaged (train/soup.py), BatchNorm recomputed over their training frames (`data`)."""
+    from fastyolo.train.engine import BN_FRAMES
     from fastyolo.train.soup import average_runs
 
     from fastyolo.datasets import load_dataset
@@ -167,7 +168,7 @@ def soup(runs: list[Path], data: list[Path], out: Path) -> None:
         average_runs(runs, frames, out)
     except FastYoloError as exc:
         sys.exit(f"bench/real_model.py soup: {exc}")
-    print(f"{out}: the average of {len(runs)} runs, BatchNorm over {min(len(frames), 256)} of {len(frames)} frames")
+    print(f"{out}: the average of {len(runs)} runs, BatchNorm over {min(len(frames), BN_FRAMES)} of {len(frames)} frames")
 
 
 def main() -> None:

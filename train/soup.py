@@ -1,11 +1,12 @@
 """Weight averaging ("model soup", Wortsman et al. 2022): one network from several runs of one recipe.
 
 Runs that start from the same weights and differ only in their data order and augmentation (their
---seed) end near each other, so the uniform average of their weights is a network too, and one whose
-scores vary less than any single run's (bench/RESULTS.md, "The second model": the seed moved the
-held-out scores more than any recipe change did). `start_weights` writes the weights a run starts
-from, for `fastyolo train --init`; `average_runs` averages the runs and recomputes the BatchNorm
-statistics at the averaged weights over the training frames, as each run's last precise-BN pass did.
+--seed) may end in one basin, where the uniform average of their weights is a network too, and one
+that depends less on a single seed. Measured for the packaged recipe (bench/RESULTS.md, "The second
+model"), it did not help: three runs' soup scored inside their range. `start_weights` writes the
+weights a run starts from, for `fastyolo train --init`; `average_runs` averages the runs and
+recomputes the BatchNorm statistics at the averaged weights over the training frames, as each run's
+last precise-BN pass did.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def _said(start: tuple) -> str:
 
 def average_runs(runs: Sequence[str | os.PathLike], frames: Sequence[Sample], out: str | os.PathLike,
                  batch: int = 16) -> YoloNet:
-    """Average the runs' checkpoints, recompute BatchNorm over (up to 256 of) `frames`, write `out`."""
+    """Average the runs' checkpoints, recompute BatchNorm over (up to BN_FRAMES of) `frames`, write `out`."""
     checkpoints = [load_checkpoint(r) for r in runs]
     model = load_model(runs[0])
     for k, c in enumerate(checkpoints[1:], 2):
