@@ -16,6 +16,7 @@ KITTI_DIR = SHARED_DATA / "kitti_tiny"
 CLIP = SHARED_DATA / "video" / "highway_clip.mp4"
 TEACHER = SHARED_DATA / "teacher" / "yolox_nano.onnx"
 UDACITY = SHARED_DATA / "udacity_test_images"
+PANDASET = SHARED_DATA / "pandaset_002"
 
 
 def _shared(path: Path, what: str, present: bool) -> Path:
@@ -54,6 +55,12 @@ def udacity_dir() -> Path:
 def kitti_dir() -> Path:
     """75 real KITTI frames with labels (labels.csv and label_2/)."""
     return _shared(KITTI_DIR, "real KITTI frames", (KITTI_DIR / "labels.csv").is_file())
+
+
+@pytest.fixture(scope="session")
+def pandaset_dir() -> Path:
+    """240 real San Francisco frames, three cameras (back_camera/, left_camera/, right_camera/, labels.csv each)."""
+    return _shared(PANDASET, "PandaSet frames", (PANDASET / "right_camera" / "labels.csv").is_file())
 
 
 CACHED_FRAMES = 12  # kitti_tiny frames that the frame-cache and device-augmentation tests share

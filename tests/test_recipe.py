@@ -364,7 +364,8 @@ def test_items_with_every_option_are_the_same_in_any_worker(kitti_dir: Path):
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {"batches": 6, "equal": True}
 
 
-RECIPE = ("--source-weights", "1", "2", "--class-balance", "--mosaic", "0.5", "--zoom", "2", "--val-split", "0",
+RECIPE = ("--source-weights", "1", "2", "--class-balance", "--mosaic", "0.5", "--zoom", "2", "--cell-order", "rare",
+          "--val-split", "0",
           "--batch", "2", "--eval-every", "3")  # one step an epoch
 
 
@@ -386,7 +387,8 @@ def test_resume_with_every_option_equals_the_whole_run(kitti_dir: Path, tmp_path
     assert cli(args(tmp_path / "run", "--stop-after", "1")) == 0
     assert cli([*args(tmp_path / "run"), "--resume"]) == 0
     saved = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=False)["config"]
-    assert (saved["source_weights"], saved["mosaic"], saved["zoom"]) == ((1.0, 2.0), 0.5, 2.0)
+    assert (saved["source_weights"], saved["mosaic"], saved["zoom"], saved["cell_order"]) == ((1.0, 2.0), 0.5, 2.0,
+                                                                                               "rare")
     assert_same_weights(model_state(tmp_path / "run"), model_state(tmp_path / "whole"))
 
 
@@ -413,5 +415,7 @@ def test_bad_recipe_options_are_one_line(kitti_dir: Path, tmp_path: Path, capsys
 def test_recipe_defaults_are_off_and_balanced_parses():
     config = TrainConfig(out="x")
     assert (config.source_weights, config.class_balance, config.mosaic, config.zoom) == (None, 0.0, 0.0, 1.0)
+    with pytest.raises(UsageError, match="--cell-order is one of area, rare"):
+        TrainConfig(out="x", cell_order="size")
     assert TrainConfig(out="x", source_weights=["Balanced"]).source_weights == BALANCED
     assert TrainConfig(out="x", source_weights=["1", "0.5"]).source_weights == (1.0, 0.5)

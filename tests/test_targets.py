@@ -1,15 +1,19 @@
-"""Targets: cell of the centre, B objects per cell largest first, drops counted, network parametrisation."""
+"""Targets: cell of the centre, B objects per cell largest first (or rarest class first), drops counted,
+network parametrisation."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from fastyolo.layout import BOXES, CLASSES, GRID
+from fastyolo.datasets import load_dataset
+from fastyolo.layout import BOXES, CLASS_NAMES, CLASSES, GRID
 
 pytest.importorskip("torch", reason="training needs the [train] extra (torch)")
 
-from fastyolo.train.targets import build_targets  # noqa: E402
+from fastyolo.train.targets import RARE_FIRST, build_targets  # noqa: E402
+
+PEDESTRIAN, TRUCK, CAR = (CLASS_NAMES.index(n) for n in ("Pedestrian", "Truck", "Car"))
 
 W, H = 1224.0, 370.0
 CELL_W, CELL_H = W / GRID, H / GRID
@@ -51,6 +55,56 @@ def test_object_of_another_class_in_an_occupied_cell_is_dropped():
     t = build_targets(boxes, np.array([1, 0]), W, H)  # Truck (larger) then a Car
     assert t.dropped == 1 and t.mask.sum() == 1
     np.testing.assert_array_equal(t.classes[2, 2], np.eye(CLASSES)[1])
+
+
+def test_rare_order_keeps_the_pedestrian_beside_a_bigger_car():
+    """One cell: a big Car, a Pedestrian, a small Truck. "area" keeps the Car (the others are of another class);
+    "rare" keeps the Pedestrian (the rarest) and drops the Car and the Truck."""
+    boxes = np.array([box_in_cell(4, 6, 0.3, 0.4, 220, 120), box_in_cell(4, 6, 0.6, 0.5, 20, 60),
+                      box_in_cell(4, 6, 0.8, 0.2, 60, 40)])
+    ids = np.array([CAR, PEDESTRIAN, TRUCK])
+    area = build_targets(boxes, ids, W, H)
+    assert area.dropped == 2 and area.mask.sum() == 1
+    np.testing.assert_array_equal(area.classes[4, 6], np.eye(CLASSES)[CAR])
+    np.testing.assert_allclose(area.boxes[4, 6, 0, :2], [0.3, 0.4], atol=1e-5)
+    rare = build_targets(boxes, ids, W, H, "rare")
+    assert rare.dropped == 2 and rare.mask.sum() == 1
+    np.testing.assert_array_equal(rare.classes[4, 6], np.eye(CLASSES)[PEDESTRIAN])
+    np.testing.assert_allclose(rare.boxes[4, 6, 0], [0.6, 0.5, 20 / W, 60 / H], rtol=1e-5)
+    # Two of the same rare class share the cell's slots, the larger first.
+    two = build_targets(np.vstack([boxes, [box_in_cell(4, 6, 0.1, 0.9, 30, 80)]]), np.append(ids, PEDESTRIAN),
+                        W, H, "rare")
+    assert two.mask[4, 6].all() and two.dropped == 2
+    np.testing.assert_allclose(two.boxes[4, 6, :, :2], [[0.1, 0.9], [0.6, 0.5]], atol=1e-5)
+    assert RARE_FIRST[0] == "Pedestrian" and set(RARE_FIRST) == set(CLASS_NAMES)
+    with pytest.raises(ValueError, match="order is one of"):
+        build_targets(boxes, ids, W, H, "size")
+
+
+def test_rare_order_on_real_city_labels(pandaset_dir):
+    """PandaSet's real labels: under "rare" each grid cell keeps min(BOXES, its objects of its rarest class) and
+    that class; under "area" the largest object's class. Pedestrians beside cars survive only under "rare"."""
+    kept = {"area": np.zeros(CLASSES, int), "rare": np.zeros(CLASSES, int)}
+    for camera in ("back_camera", "right_camera"):
+        for s in load_dataset(pandaset_dir / camera)[0]:
+            cx = np.clip(((s.boxes[:, 0] + s.boxes[:, 2]) / 2 / s.width * GRID).astype(int), 0, GRID - 1)
+            cy = np.clip(((s.boxes[:, 1] + s.boxes[:, 3]) / 2 / s.height * GRID).astype(int), 0, GRID - 1)
+            area = (s.boxes[:, 2] - s.boxes[:, 0]) * (s.boxes[:, 3] - s.boxes[:, 1])
+            for order in ("area", "rare"):
+                t = build_targets(s.boxes, s.class_ids, s.width, s.height, order)
+                expected = np.zeros((GRID, GRID, CLASSES))
+                for row, col in set(zip(cy.tolist(), cx.tolist(), strict=True)):
+                    here = np.flatnonzero((cy == row) & (cx == col))
+                    if order == "area":
+                        first = s.class_ids[here[np.argmax(area[here])]]
+                    else:
+                        first = min(s.class_ids[here], key=lambda c: RARE_FIRST.index(CLASS_NAMES[c]))
+                    expected[row, col, first] = min(BOXES, int((s.class_ids[here] == first).sum()))
+                np.testing.assert_array_equal(t.classes * t.mask.sum(-1, keepdims=True), expected)
+                assert t.dropped == len(s.boxes) - expected.sum()
+                kept[order] += expected.sum((0, 1)).astype(int)
+    assert kept["rare"][PEDESTRIAN] > 4 * max(kept["area"][PEDESTRIAN], 1)  # measured 54 against 5
+    assert kept["rare"][TRUCK] > kept["area"][TRUCK]
 
 
 def test_objects_in_different_cells_and_edges():

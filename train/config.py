@@ -17,6 +17,9 @@ CACHE_MODES = ("auto", "memory", "disk", "off")  # TrainConfig.cache
 AUGMENT_ON = ("auto", "workers", "device")  # TrainConfig.augment_on
 BALANCED = "balanced"  # TrainConfig.source_weights: every --data folder the same share of each epoch
 CLASS_BALANCE = 0.5  # --class-balance without a value: LVIS's t, classes in under half the frames drawn more
+# TrainConfig.cell_order: which object a grid cell keeps when objects of different classes share it
+# (train/targets.py). "area": the largest; "rare": the rarest class (train/targets.py RARE_FIRST), then the largest.
+CELL_ORDERS = ("area", "rare")
 
 
 @dataclass
@@ -61,6 +64,7 @@ class TrainConfig:
     class_balance: float = 0.0
     mosaic: float = 0.0  # chance that an augmented frame is a 2x2 mosaic of four (train/augment.py draw_mosaic)
     zoom: float = 1.0  # augmentation zooms in up to this factor: distant cars seen larger (1: off)
+    cell_order: str = "area"  # CELL_ORDERS; checkpoints saved before the option existed trained with "area"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -95,6 +99,8 @@ def check_recipe(config: TrainConfig) -> None:
         raise UsageError(f"--zoom is the largest zoom-in factor, at least 1 (1: off), got {config.zoom}")
     if not (math.isfinite(config.class_balance) and config.class_balance >= 0.0):
         raise UsageError(f"--class-balance is a fraction of the frames t >= 0 (0: off), got {config.class_balance}")
+    if config.cell_order not in CELL_ORDERS:
+        raise UsageError(f"--cell-order is one of {', '.join(CELL_ORDERS)}, got {config.cell_order!r}")
     if config.mosaic > 0 and config.augment and config.augment_on == "device":
         raise UsageError("--mosaic needs --augment-on workers (the device warps one frame per item)")
     folders = config.extra.get("data")

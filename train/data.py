@@ -58,11 +58,12 @@ class YoloDataset(Dataset):
     def __init__(self, samples: Sequence[Sample], *, augment: bool = False, seed: int = 0, aspect: float = 1.0,
                  cache: FrameCache | None = None, rows: Sequence[int] | None = None,
                  augment_on_device: bool = False, mosaic: float = 0.0, zoom: float = 1.0,
-                 partners: np.ndarray | None = None):
+                 partners: np.ndarray | None = None, cell_order: str = "area"):
         """cache: the samples' frames decoded once (rows[i]: sample i's row in it, default i).
         augment_on_device: augmented items carry their draw, not pixels (engine.DeviceAugmenter makes them).
         mosaic: probability that an augmented item is a 2x2 mosaic of its frame and three drawn with `partners`
-        (sampling weights, default uniform); zoom: the largest zoom-in of the augmentation (augment.draw_params)."""
+        (sampling weights, default uniform); zoom: the largest zoom-in of the augmentation (augment.draw_params);
+        cell_order: which object a shared grid cell keeps (targets.build_targets)."""
         self.samples = list(samples)
         self.cache = cache
         self.rows = list(range(len(self.samples))) if rows is None else list(rows)
@@ -80,6 +81,7 @@ class YoloDataset(Dataset):
         self.aspect = aspect
         self.seed = seed
         self.mosaic, self.zoom = mosaic, zoom
+        self.cell_order = cell_order
         self.partners = None if partners is None else np.asarray(partners, np.float64) / np.sum(partners)
 
     def __len__(self) -> int:
@@ -135,7 +137,7 @@ class YoloDataset(Dataset):
                 rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
             else:
                 rgb = self.cache.exact[row]
-        targets = build_targets(boxes, class_ids, width, height)
+        targets = build_targets(boxes, class_ids, width, height, self.cell_order)
         pixels = torch.from_numpy(np.array(rgb, np.uint8, copy=True))  # a cache row may be a read-only memmap
         return (
             pixels,

@@ -471,7 +471,7 @@ class _Run:
         self.augmenter = DeviceAugmenter(train_cache.large, device) if on_device else None
         self.train_set = YoloDataset(train_samples, augment=config.augment, seed=config.seed, aspect=config.aspect,
                                      cache=train_cache, augment_on_device=on_device, mosaic=config.mosaic,
-                                     zoom=config.zoom, partners=weights)
+                                     zoom=config.zoom, partners=weights, cell_order=config.cell_order)
         self.batches = EpochBatches(len(self.train_set), config.batch, seed=config.seed, rank=ddp.rank,
                                     world_size=ddp.world_size, weights=weights)
         self.steps_per_epoch = self.batches.per_epoch

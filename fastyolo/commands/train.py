@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from fastyolo.errors import FastYoloError, MissingDependencyError
-from fastyolo.train.config import AMP_MODES, AUGMENT_ON, CACHE_MODES, CLASS_BALANCE
+from fastyolo.train.config import AMP_MODES, AUGMENT_ON, CACHE_MODES, CELL_ORDERS, CLASS_BALANCE
 
 # Settings that define a run's data; --resume keeps them unless the command line gives new ones.
 RUN_SETTINGS = ("data", "labels", "val", "val_split", "skip_malformed")
@@ -72,6 +72,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help=f"chance that an augmented frame is a 2x2 mosaic of four (not in the clean tail) [{d['mosaic']}]")
     p.add_argument("--zoom", type=float, default=d["zoom"], metavar="MAX",
                    help=f"augmentation zooms in up to MAX (a random crop enlarged; 1: off) [{d['zoom']}]")
+    p.add_argument("--cell-order", choices=CELL_ORDERS, default=d["cell_order"],
+                   help="which object a grid cell keeps when objects of different classes share it: 'area' the "
+                        f"largest, 'rare' the rarest class (Pedestrian, Truck, Car) [{d['cell_order']}]")
     p.add_argument("--dropout", type=float, default=d["dropout"],
                    help=f"head dropout while training [{d['dropout']}]")
     p.add_argument("--seed", type=int, default=d["seed"])
@@ -276,6 +279,7 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
             raise FastYoloError(f"nothing to resume: {last} does not exist (start without --resume)")
         saved = load_checkpoint(last)
         fields = {f.name for f in dataclasses.fields(TrainConfig)}
+        saved["config"].setdefault("cell_order", "area")  # runs from before the option placed largest first
         config = TrainConfig(**{k: v for k, v in saved["config"].items() if k in fields})
         config.milestones = tuple(config.milestones)
         config.device, config.workers = args.device, args.workers
@@ -309,6 +313,7 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
             amp=args.amp or TrainConfig.amp, cache=args.cache or TrainConfig.cache,
             cache_dir=args.cache_dir and str(args.cache_dir), augment_on=args.augment_on or TrainConfig.augment_on,
             source_weights=args.source_weights, class_balance=args.class_balance, mosaic=args.mosaic, zoom=args.zoom,
+            cell_order=args.cell_order,
         )
 
     say = print if main_process else (lambda _m: None)
