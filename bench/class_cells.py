@@ -23,9 +23,11 @@ def target_counts(samples: list) -> dict[str, tuple[np.ndarray, int]]:
     from fastyolo.train.config import CELL_ORDERS
     from fastyolo.train.targets import build_targets
 
+    from fastyolo.layout import CLASSES
+
     counts = {}
     for order in CELL_ORDERS:
-        kept, dropped = np.zeros(3, np.int64), 0
+        kept, dropped = np.zeros(CLASSES, np.int64), 0
         for s in samples:
             t = build_targets(s.boxes, s.class_ids, s.width, s.height, order)
             kept += (t.classes * t.mask.sum(-1, keepdims=True)).sum((0, 1)).astype(np.int64)

@@ -20,6 +20,7 @@ CLASS_BALANCE = 0.5  # --class-balance without a value: LVIS's t, classes in und
 # TrainConfig.cell_order: which object a grid cell keeps when objects of different classes share it
 # (train/targets.py). "area": the largest; "rare": the rarest class (train/targets.py RARE_FIRST), then the largest.
 CELL_ORDERS = ("area", "rare")
+CELL_ORDER = "area"  # the default: "rare" measured worse (bench/RESULTS.md, "Where the rare classes went")
 
 
 @dataclass
@@ -64,7 +65,7 @@ class TrainConfig:
     class_balance: float = 0.0
     mosaic: float = 0.0  # chance that an augmented frame is a 2x2 mosaic of four (train/augment.py draw_mosaic)
     zoom: float = 1.0  # augmentation zooms in up to this factor: distant cars seen larger (1: off)
-    cell_order: str = "area"  # CELL_ORDERS; checkpoints saved before the option existed trained with "area"
+    cell_order: str = CELL_ORDER  # CELL_ORDERS; checkpoints saved before the option existed trained with "area"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):

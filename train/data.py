@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from fastyolo.train.augment import augment, augment_mosaic, augment_mosaic_square, augment_square, draw_square
 from fastyolo.train.cache import FrameCache
-from fastyolo.train.config import TrainConfig
+from fastyolo.train.config import CELL_ORDER, TrainConfig
 from fastyolo.train.device_augment import no_warp, warp_row
 from fastyolo.train.targets import build_targets
 from torch.utils.data import Dataset, Sampler
@@ -58,7 +58,7 @@ class YoloDataset(Dataset):
     def __init__(self, samples: Sequence[Sample], *, augment: bool = False, seed: int = 0, aspect: float = 1.0,
                  cache: FrameCache | None = None, rows: Sequence[int] | None = None,
                  augment_on_device: bool = False, mosaic: float = 0.0, zoom: float = 1.0,
-                 partners: np.ndarray | None = None, cell_order: str = "area"):
+                 partners: np.ndarray | None = None, cell_order: str = CELL_ORDER):
         """cache: the samples' frames decoded once (rows[i]: sample i's row in it, default i).
         augment_on_device: augmented items carry their draw, not pixels (engine.DeviceAugmenter makes them).
         mosaic: probability that an augmented item is a 2x2 mosaic of its frame and three drawn with `partners`

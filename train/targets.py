@@ -32,7 +32,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-from fastyolo.train.config import CELL_ORDERS
+from fastyolo.train.config import CELL_ORDER, CELL_ORDERS
 
 from fastyolo.layout import BOX_VALUES, BOXES, CLASS_NAMES, CLASSES, GRID
 
@@ -49,7 +49,7 @@ class Targets(NamedTuple):
 
 
 def build_targets(boxes: np.ndarray, class_ids: np.ndarray, width: float, height: float,
-                  order: str = "area") -> Targets:
+                  order: str = CELL_ORDER) -> Targets:
     """Targets for one image; `boxes` (K, 4) x1, y1, x2, y2 in the frame's pixels, `class_ids` (K,);
     `order` which object a cell keeps first: "area" or "rare" (the module's docstring)."""
     if order not in CELL_ORDERS:
