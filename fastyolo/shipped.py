@@ -11,7 +11,7 @@ from pathlib import Path
 from fastyolo.errors import ModelError
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
-NAME = "roads-lite0"  # EfficientNet-Lite0 + conv head, trained on teacher-labelled Udacity highway footage
+NAME = "roads-lite0"  # EfficientNet-Lite0 + conv head, trained on PandaSet city frames and the Udacity highway clip
 FILES = {"fp32": f"{NAME}.onnx", "bf16": f"{NAME}.onnx", "int8": f"{NAME}.int8.onnx"}  # bf16: the fp32 file + hint
 
 
