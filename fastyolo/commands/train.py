@@ -280,6 +280,7 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
         saved = load_checkpoint(last)
         fields = {f.name for f in dataclasses.fields(TrainConfig)}
         saved["config"].setdefault("cell_order", "area")  # runs from before the option placed largest first
+        saved["config"].setdefault("zoom", 1.0)  # and did not zoom in
         config = TrainConfig(**{k: v for k, v in saved["config"].items() if k in fields})
         config.milestones = tuple(config.milestones)
         config.device, config.workers = args.device, args.workers
