@@ -142,3 +142,43 @@ def test_empty_and_bad_input():
         build_targets(np.array([[0, 0, 5, 5]]), np.array([CLASSES]), W, H)
     with pytest.raises(ValueError, match="boxes but"):
         build_targets(np.array([[0, 0, 5, 5]]), np.array([0, 1]), W, H)
+
+
+def test_perfect_grids_through_the_kernel_and_tile_merge_give_back_real_labels(kitti_dir):
+    """bench/grid_ceiling.py's oracle on real KITTI labels: a frame's training targets, as a network output, come
+    back through the decode + NMS kernel as exactly its labelled boxes and classes (frames where the layout drops
+    none and NMS has no overlapping pair to remove); tiled (auto: two tiles and the whole frame), the tile merge
+    makes no false box from the parts that tile edges cut, and finds at least what the whole frame finds."""
+    import sys
+    from pathlib import Path
+
+    from fastyolo.kernels import decode_nms_batch
+
+    from fastyolo import cfg
+    from fastyolo.metrics import box_iou
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from grid_ceiling import ceiling, oracle_grid
+
+    samples, _ = load_dataset(kitti_dir)
+    checked = 0
+    for s in samples:
+        boxes, ids = np.asarray(s.boxes, np.float64).reshape(-1, 4), np.asarray(s.class_ids, np.int64)
+        grid, dropped = oracle_grid(boxes, ids, np.array([0, 0, s.width, s.height]))
+        same_class = ids[:, None] == ids[None, :]
+        overlapping = (box_iou(boxes, boxes) > cfg.IOU) & same_class & ~np.eye(len(ids), dtype=bool)
+        if dropped or overlapping.any() or not len(ids):
+            continue
+        out, _, classes, counts = decode_nms_batch(grid[None], np.array([[s.width, s.height]], np.float64),
+                                                   cfg.MAP_CONF, cfg.IOU, cfg.TOP_K)
+        found, found_ids = out[0, : counts[0]].astype(np.float64), classes[0, : counts[0]]
+        assert len(found) == len(ids), s.image_path
+        match = np.abs(found[:, None, :] - boxes[None, :, :]).max(-1).argmin(1)
+        np.testing.assert_allclose(found, boxes[match], atol=0.05)
+        assert sorted(match.tolist()) == list(range(len(ids))) and (found_ids == ids[match]).all()
+        checked += 1
+    assert checked >= 30, checked  # of 75 frames
+    whole = ceiling(samples, cfg.parse_tiles("off"), 6.0)["per_class"]["Car"]
+    tiled = ceiling(samples, cfg.parse_tiles("auto"), 6.0)["per_class"]["Car"]
+    assert tiled["precision"] == 1.0 and whole["precision"] == 1.0
+    assert tiled["recall"] >= whole["recall"] >= 0.9
