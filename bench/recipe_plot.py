@@ -1,0 +1,109 @@
+"""Issue 20's recipe runs drawn: Car AP@0.5 on each held-out set, one dot per seed, a bar at the mean.
+
+    python bench/recipe_plot.py --out bench/artifacts/recipe_issue20.png
+
+Reads only the committed evaluation JSON (bench/artifacts/real_model_eval_issue20*.json, written by
+`python bench/real_model.py evaluate`), so anyone can redraw it; RECIPES says which run is which.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+SETS = (("highway_heldout", "highway, held-out segments"), ("pandaset_left", "PandaSet left camera (city)"),
+        ("kitti_tiny", "KITTI"), ("kitti_tiny_tiles", "KITTI, tiles auto"))
+TARGETS = {"pandaset_left": 0.45, "kitti_tiny": 0.15, "kitti_tiny_tiles": 0.3}  # issue 20's Car AP@0.5 targets
+# recipe label: [(artifact file, key in it), ...], one entry per seed; all on A6's 531 frames, 15 epochs, fp32
+RECIPES = {
+    "A6 (no zoom)": [("real_model_eval_issue20_zoom.json", "models/A6"),
+                     ("real_model_eval_issue20_zoom.json", "models/A6 seed 1"),
+                     ("real_model_eval_issue20_zoom.json", "models/A6 seed 2"),
+                     ("real_model_eval_issue20_soup.json", "runs/train/a6i1/last.pt"),
+                     ("real_model_eval_issue20_soup.json", "runs/train/a6i2/last.pt")],
+    "cell order rare": [("real_model_eval_issue20_cell_order.json", "runs/train/a6rare/last.pt"),
+                        ("real_model_eval_issue20_cell_order.json", "runs/train/a6rare1/last.pt")],
+    "mosaic 0.5": [("real_model_eval_issue20_mosaic_zoom.json", "runs/train/a6mos/last.pt"),
+                   ("real_model_eval_issue20_mosaic_zoom.json", "runs/train/a6mos1/last.pt")],
+    "mosaic 0.5 + zoom 2": [("real_model_eval_issue20_mosaic_zoom.json", "runs/train/a6mz/last.pt")],
+    "zoom 2 (default)": [("real_model_eval_issue20_mosaic_zoom.json", "runs/train/a6zoom/last.pt"),
+                         ("real_model_eval_issue20_mosaic_zoom.json", "runs/train/a6zoom1/last.pt"),
+                         ("real_model_eval_issue20_zoom_default.json", "runs/train/a6zoom2s2/last.pt")],
+    "zoom 3": [("real_model_eval_issue20_zoom_default.json", "runs/train/a6zoom3/last.pt"),
+               ("real_model_eval_issue20_zoom_default.json", "runs/train/a6zoom3s1/last.pt")],
+    "ResNet-18, scratch": [("real_model_eval_issue20_resnets.json", "runs/train/a6r18/last.pt")],
+    "ResNet-50, scratch": [("real_model_eval_issue20_resnets.json", "runs/train/a6r50/last.pt")],
+}
+
+
+def load(artifacts: Path = ARTIFACTS) -> dict[str, list[dict[str, float]]]:
+    """{recipe: [{set: Car AP50} per seed]} from the JSON files; a missing file or run is one clear error."""
+    cache: dict[str, dict] = {}
+    out: dict[str, list[dict[str, float]]] = {}
+    for recipe, runs in RECIPES.items():
+        out[recipe] = []
+        for name, key in runs:
+            if name not in cache:
+                path = artifacts / name
+                if not path.is_file():
+                    raise FileNotFoundError(f"{path} is missing (written by bench/real_model.py evaluate)")
+                cache[name] = json.loads(path.read_text())
+            entry = cache[name]
+            for part in key.split("/") if key.startswith("models/") else [key]:
+                if part not in entry:
+                    raise KeyError(f"{name} has no run {key!r}")
+                entry = entry[part]
+            out[recipe].append({s: entry[s]["ap50_Car"] for s, _ in SETS})
+    return out
+
+
+def plot(results: dict[str, list[dict[str, float]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(SETS), figsize=(4.2 * len(SETS), 4.6), sharey=False)
+    names = list(results)
+    for ax, (key, title) in zip(axes, SETS, strict=True):
+        for i, recipe in enumerate(names):
+            values = [r[key] for r in results[recipe]]
+            ax.bar(i, sum(values) / len(values), color="C0" if "default" not in recipe else "C1", alpha=0.35)
+            ax.plot([i] * len(values), values, "o", color="k", markersize=4)
+        if key in TARGETS:
+            ax.axhline(TARGETS[key], color="C3", linestyle=":", label="issue's target")
+            ax.legend(loc="upper right", fontsize=8)
+        ax.set_title(title, fontsize=10)
+        ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
+        ax.set_ylim(0, 1 if key == "highway_heldout" else 0.7)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("Car AP@0.5 (fp32, last epoch)")
+    fig.suptitle("Issue 20: each recipe change on data the runs never trained on (dots: seeds, bars: mean)",
+                 fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=ARTIFACTS / "recipe_issue20.png")
+    args = parser.parse_args()
+    try:
+        results = load()
+    except (FileNotFoundError, KeyError) as e:
+        sys.exit(f"bench/recipe_plot.py: {e.args[0]}")
+    for recipe, runs in results.items():
+        means = {s: sum(r[s] for r in runs) / len(runs) for s, _ in SETS}
+        print(f"{recipe:22s} {len(runs)} run(s): " + ", ".join(f"{s} {v:.3f}" for s, v in means.items()))
+    try:
+        plot(results, args.out)
+    except OSError as e:
+        sys.exit(f"bench/recipe_plot.py: cannot write {args.out}: {e.strerror}")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
