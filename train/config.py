@@ -65,8 +65,8 @@ class TrainConfig:
     source_weights: tuple[float, ...] | str | None = None
     class_balance: float = 0.0
     mosaic: float = 0.0  # chance that an augmented frame is a 2x2 mosaic of four (train/augment.py draw_mosaic)
-    # Augmentation zooms in up to this factor, so distant cars are seen larger (1: off). 2 measured better than 1 on
-    # every held-out set, two seeds each (bench/RESULTS.md, "Mosaic and zoom-in"); runs saved before trained with 1.
+    # Augmentation zooms in up to this factor, so distant cars are seen larger (1: off). 2 beat 1 on every held-out set
+    # (means of 3 and 5 seeds: bench/RESULTS.md, "Mosaic and zoom-in" and after); runs saved before trained with 1.
     zoom: float = ZOOM
     cell_order: str = CELL_ORDER  # CELL_ORDERS; checkpoints saved before the option existed trained with "area"
     extra: dict[str, Any] = field(default_factory=dict)
