@@ -17,7 +17,8 @@ ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 SETS = (("highway_heldout", "highway, held-out segments"), ("pandaset_left", "PandaSet left camera (city)"),
         ("kitti_tiny", "KITTI"), ("kitti_tiny_tiles", "KITTI, tiles auto"))
 TARGETS = {"pandaset_left": 0.45, "kitti_tiny": 0.15, "kitti_tiny_tiles": 0.3}  # issue 20's Car AP@0.5 targets
-# recipe label: [(artifact file, key in it), ...], one entry per seed; all on A6's 531 frames, 15 epochs, fp32
+# recipe label: [(artifact file, key in it), ...], one entry per seed; all on A6's 531 frames, 15 epochs unless
+# named, fp32
 RECIPES = {
     "A6 (no zoom)": [("real_model_eval_issue20_zoom.json", "models/A6"),
                      ("real_model_eval_issue20_zoom.json", "models/A6 seed 1"),
@@ -34,6 +35,8 @@ RECIPES = {
                          ("real_model_eval_issue20_zoom_default.json", "runs/train/a6zoom2s2/last.pt")],
     "zoom 3": [("real_model_eval_issue20_zoom_default.json", "runs/train/a6zoom3/last.pt"),
                ("real_model_eval_issue20_zoom_default.json", "runs/train/a6zoom3s1/last.pt")],
+    "zoom 2, 10 epochs": [("real_model_eval_issue20_zoom_default.json", "runs/train/a6zoom2e10/last.pt")],
+    "zoom 2, 25 epochs": [("real_model_eval_issue20_zoom_default.json", "runs/train/a6zoom2e25/last.pt")],
     "ResNet-18, scratch": [("real_model_eval_issue20_resnets.json", "runs/train/a6r18/last.pt")],
     "ResNet-50, scratch": [("real_model_eval_issue20_resnets.json", "runs/train/a6r50/last.pt")],
 }
@@ -66,7 +69,7 @@ def plot(results: dict[str, list[dict[str, float]]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(SETS), figsize=(4.2 * len(SETS), 4.6), sharey=False)
+    fig, axes = plt.subplots(1, len(SETS), figsize=(4.4 * len(SETS), 4.8), sharey=False)
     names = list(results)
     for ax, (key, title) in zip(axes, SETS, strict=True):
         for i, recipe in enumerate(names):
