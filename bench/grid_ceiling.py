@@ -28,14 +28,14 @@ from fastyolo import cfg
 from fastyolo import tiles as tiling
 from fastyolo.datasets import load_dataset
 from fastyolo.detections import Detections
+from fastyolo.errors import FastYoloError
 from fastyolo.layout import BOX_OFFSET, BOX_VALUES, BOXES, CELL_SIZE, CLASS_NAMES, CLASS_OFFSET, CLASSES, CONF_OFFSET, GRID
 from fastyolo.metrics import average_precision, ignored_boxes, voc_curves
-
-MIN_VISIBLE = 0.25  # as train/augment.py: a box less visible than this in a window is not that window's target
 
 
 def oracle_grid(boxes: np.ndarray, class_ids: np.ndarray, window: np.ndarray) -> tuple[np.ndarray, int]:
     """The (S, S, CELL_SIZE) grid a perfect network outputs for one window, and the objects the layout dropped."""
+    from fastyolo.train.augment import MIN_VISIBLE  # a box less visible than this in a window is not its target
     from fastyolo.train.targets import build_targets
 
     x0, y0, x1, y1 = (float(v) for v in window)
@@ -96,7 +96,7 @@ def main() -> None:
     try:
         samples, _ = load_dataset(args.data)
         specs = [cfg.parse_tiles(t) for t in args.tiles]
-    except Exception as e:  # one line, as the CLI's errors
+    except FastYoloError as e:  # a missing or unreadable folder, a bad --tiles: one line, as the CLI's errors
         sys.exit(f"bench/grid_ceiling.py: {e}")
     results = []
     for spec in specs:
@@ -107,8 +107,11 @@ def main() -> None:
         print(f"{args.data} tiles {r['tiles']}: {figures}; {r['dropped_targets']} targets dropped in "
               f"{r['windows']} windows", flush=True)
     if args.json:
-        args.json.write_text(json.dumps({"data": str(args.data), "min_size": args.min_size, "results": results},
-                                        indent=1) + "\n")
+        try:
+            args.json.write_text(json.dumps({"data": str(args.data), "min_size": args.min_size, "results": results},
+                                            indent=1) + "\n")
+        except OSError as e:
+            sys.exit(f"bench/grid_ceiling.py: cannot write {args.json}: {e.strerror}")
 
 
 if __name__ == "__main__":

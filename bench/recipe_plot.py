@@ -17,29 +17,29 @@ ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 SETS = (("highway_heldout", "highway, held-out segments"), ("pandaset_left", "PandaSet left camera (city)"),
         ("kitti_tiny", "KITTI"), ("kitti_tiny_tiles", "KITTI, tiles auto"))
 TARGETS = {"pandaset_left": 0.45, "kitti_tiny": 0.15, "kitti_tiny_tiles": 0.3}  # issue 20's Car AP@0.5 targets
-# recipe label: [(artifact file, key in it), ...], one entry per seed; all on A6's 531 frames, 15 epochs unless
-# named, fp32
+ZOOM_JSON = "real_model_eval_issue20_zoom.json"  # earlier sessions' runs, under "models"
+DEFAULT_JSON = "real_model_eval_issue20_zoom_default.json"  # this session's runs
+
+
+def _runs(name: str, *runs: str) -> list[tuple[str, str]]:
+    """(artifact file, run key in it) for each seed; bench/real_model.py names a run by its checkpoint path."""
+    return [(name, run if run.startswith("models/") else f"runs/train/{run}/last.pt") for run in runs]
+
+
+# recipe label: one (file, key) per seed; all on A6's 531 frames, 15 epochs unless named, fp32
 RECIPES = {
-    "A6 (no zoom)": [("real_model_eval_issue20_zoom.json", "models/A6"),
-                     ("real_model_eval_issue20_zoom.json", "models/A6 seed 1"),
-                     ("real_model_eval_issue20_zoom.json", "models/A6 seed 2"),
-                     ("real_model_eval_issue20_soup.json", "runs/train/a6i1/last.pt"),
-                     ("real_model_eval_issue20_soup.json", "runs/train/a6i2/last.pt")],
-    "cell order rare": [("real_model_eval_issue20_cell_order.json", "runs/train/a6rare/last.pt"),
-                        ("real_model_eval_issue20_cell_order.json", "runs/train/a6rare1/last.pt")],
-    "mosaic 0.5": [("real_model_eval_issue20_mosaic_zoom.json", "runs/train/a6mos/last.pt"),
-                   ("real_model_eval_issue20_mosaic_zoom.json", "runs/train/a6mos1/last.pt")],
-    "mosaic 0.5 + zoom 2": [("real_model_eval_issue20_mosaic_zoom.json", "runs/train/a6mz/last.pt")],
-    "zoom 2 (default)": [("real_model_eval_issue20_mosaic_zoom.json", "runs/train/a6zoom/last.pt"),
-                         ("real_model_eval_issue20_mosaic_zoom.json", "runs/train/a6zoom1/last.pt"),
-                         ("real_model_eval_issue20_zoom_default.json", "runs/train/a6zoom2s2/last.pt")],
-    "zoom 3": [("real_model_eval_issue20_zoom_default.json", "runs/train/a6zoom3/last.pt"),
-               ("real_model_eval_issue20_zoom_default.json", "runs/train/a6zoom3s1/last.pt")],
-    "zoom 2, 10 epochs": [("real_model_eval_issue20_zoom_default.json", "runs/train/a6zoom2e10/last.pt"),
-                          ("real_model_eval_issue20_zoom_default.json", "runs/train/a6zoom2e10s1/last.pt")],
-    "zoom 2, 25 epochs": [("real_model_eval_issue20_zoom_default.json", "runs/train/a6zoom2e25/last.pt")],
-    "ResNet-18, scratch": [("real_model_eval_issue20_resnets.json", "runs/train/a6r18/last.pt")],
-    "ResNet-50, scratch": [("real_model_eval_issue20_resnets.json", "runs/train/a6r50/last.pt")],
+    "A6 (no zoom)": _runs(ZOOM_JSON, "models/A6", "models/A6 seed 1", "models/A6 seed 2")
+    + _runs("real_model_eval_issue20_soup.json", "a6i1", "a6i2"),
+    "cell order rare": _runs("real_model_eval_issue20_cell_order.json", "a6rare", "a6rare1"),
+    "mosaic 0.5": _runs("real_model_eval_issue20_mosaic_zoom.json", "a6mos", "a6mos1"),
+    "mosaic 0.5 + zoom 2": _runs("real_model_eval_issue20_mosaic_zoom.json", "a6mz"),
+    "zoom 2 (default)": _runs("real_model_eval_issue20_mosaic_zoom.json", "a6zoom", "a6zoom1")
+    + _runs(DEFAULT_JSON, "a6zoom2s2"),
+    "zoom 3": _runs(DEFAULT_JSON, "a6zoom3", "a6zoom3s1"),
+    "zoom 2, 10 epochs": _runs(DEFAULT_JSON, "a6zoom2e10", "a6zoom2e10s1"),
+    "zoom 2, 25 epochs": _runs(DEFAULT_JSON, "a6zoom2e25"),
+    "ResNet-18, scratch": _runs("real_model_eval_issue20_resnets.json", "a6r18"),
+    "ResNet-50, scratch": _runs("real_model_eval_issue20_resnets.json", "a6r50"),
 }
 
 
