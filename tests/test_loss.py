@@ -14,8 +14,8 @@ torch = pytest.importorskip("torch", reason="training needs the [train] extra (t
 from fastyolo.train.loss import LAMBDA_COORD, LAMBDA_NOOBJ, PROB_EPS, SQRT_EPS, yolo_loss  # noqa: E402
 
 
-def iou_ref(a, b, row, col):
-    """IoU of two (x, y, w, h) boxes of cell (row, col), in frame-relative corners."""
+def iou_ref(a, b, row, col, generalized: bool = False):
+    """IoU (or GIoU) of two (x, y, w, h) boxes of cell (row, col), in frame-relative corners."""
     def corners(box):
         cx, cy = (col + box[0]) / GRID, (row + box[1]) / GRID
         return cx - box[2] / 2, cy - box[3] / 2, cx + box[2] / 2, cy + box[3] / 2
@@ -26,7 +26,10 @@ def iou_ref(a, b, row, col):
     ih = max(0.0, min(ay2, by2) - max(ay1, by1))
     inter = iw * ih
     union = (ax2 - ax1) * (ay2 - ay1) + (bx2 - bx1) * (by2 - by1) - inter
-    return inter / union if union > 0 else 0.0
+    if not generalized:
+        return inter / union if union > 0 else 0.0
+    hull = (max(ax2, bx2) - min(ax1, bx1)) * (max(ay2, by2) - min(ay1, by1))
+    return inter / union - (hull - union) / hull
 
 
 def _bce(p: float, t: float) -> float:
@@ -34,10 +37,12 @@ def _bce(p: float, t: float) -> float:
     return -(t * math.log(p) + (1.0 - t) * math.log(1.0 - p))
 
 
-def loss_ref(pred: np.ndarray, tboxes: np.ndarray, tmask: np.ndarray, tclasses: np.ndarray, objective: str = "sse") -> float:
+def loss_ref(pred: np.ndarray, tboxes: np.ndarray, tmask: np.ndarray, tclasses: np.ndarray, objective: str = "sse",
+             box_loss: str = "sse") -> float:
     """The YOLO v1 loss written out cell by cell, object by object, in float64 Python.
 
     objective "sse": the paper's squared errors; "bce": cross-entropy for confidences and classes.
+    box_loss "sse": squared errors of x, y, sqrt w, sqrt h; "giou": 1 - GIoU.
     """
     total = 0.0
     n = pred.shape[0]
@@ -61,9 +66,12 @@ def loss_ref(pred: np.ndarray, tboxes: np.ndarray, tmask: np.ndarray, tclasses: 
                     if b in responsible:
                         truth, iou = responsible[b]
                         x, y, w, h = boxes[b]
-                        total += LAMBDA_COORD * ((x - truth[0]) ** 2 + (y - truth[1]) ** 2)
-                        total += LAMBDA_COORD * (math.sqrt(w + SQRT_EPS) - math.sqrt(truth[2] + SQRT_EPS)) ** 2
-                        total += LAMBDA_COORD * (math.sqrt(h + SQRT_EPS) - math.sqrt(truth[3] + SQRT_EPS)) ** 2
+                        if box_loss == "giou":
+                            total += LAMBDA_COORD * (1.0 - iou_ref(truth, boxes[b], row, col, generalized=True))
+                        else:
+                            total += LAMBDA_COORD * ((x - truth[0]) ** 2 + (y - truth[1]) ** 2)
+                            total += LAMBDA_COORD * (math.sqrt(w + SQRT_EPS) - math.sqrt(truth[2] + SQRT_EPS)) ** 2
+                            total += LAMBDA_COORD * (math.sqrt(h + SQRT_EPS) - math.sqrt(truth[3] + SQRT_EPS)) ** 2
                         total += (confs[b] - iou) ** 2 if objective == "sse" else _bce(confs[b], iou)
                     else:
                         total += LAMBDA_NOOBJ * (confs[b] ** 2 if objective == "sse" else _bce(confs[b], 0.0))
@@ -99,20 +107,50 @@ def random_case(seed: int, n: int = 2):
     return pred, tboxes, tmask, tclasses
 
 
+@pytest.mark.parametrize("box_loss", ["sse", "giou"])
 @pytest.mark.parametrize("objective", ["bce", "sse"])
 @pytest.mark.parametrize("seed", range(8))
-def test_vectorised_loss_equals_cell_by_cell_reference(seed, objective):
+def test_vectorised_loss_equals_cell_by_cell_reference(seed, objective, box_loss):
     pred, tboxes, tmask, tclasses = random_case(seed)
     counts = tmask.sum(-1)
     assert (counts == 0).any() and (counts == 1).any() and (counts == 2).any()
     loss, parts = yolo_loss(*(torch.from_numpy(a).double() if a.dtype != bool else torch.from_numpy(a)
-                              for a in (pred, tboxes, tmask, tclasses)), objective=objective)
-    expected = loss_ref(pred, tboxes, tmask, tclasses, objective)
+                              for a in (pred, tboxes, tmask, tclasses)), objective=objective, box_loss=box_loss)
+    expected = loss_ref(pred, tboxes, tmask, tclasses, objective, box_loss)
     assert float(loss) == pytest.approx(expected, rel=1e-9, abs=1e-9)
     assert float(sum(parts.values())) == pytest.approx(expected, rel=1e-9)
     # float32, as in training
-    loss32, _ = yolo_loss(*(torch.from_numpy(a) for a in (pred, tboxes, tmask, tclasses)), objective=objective)
+    loss32, _ = yolo_loss(*(torch.from_numpy(a) for a in (pred, tboxes, tmask, tclasses)), objective=objective,
+                          box_loss=box_loss)
     assert float(loss32) == pytest.approx(expected, rel=1e-5)
+
+
+def test_giou_loss_is_finite_for_empty_boxes_and_pulls_a_disjoint_box_in():
+    """GIoU's gradient where the IoU has none: a predicted box apart from its object (IoU 0) is still moved
+    towards it, and a box shrunk to zero width gives finite values and gradients, not NaN."""
+    pred = np.zeros((1, GRID, GRID, CELL_SIZE), np.float32)
+    pred[..., CLASS_OFFSET] = 1.0
+    pred[0, 4, 4, BOX_OFFSET : BOX_OFFSET + 4] = [0.9, 0.5, 0.02, 0.05]  # right of the object, IoU 0
+    pred[0, 4, 4, BOX_OFFSET + 4 : BOX_OFFSET + 8] = [0.5, 0.5, 0.0, 0.0]  # empty box
+    tboxes = np.zeros((1, GRID, GRID, BOXES, 4), np.float32)
+    tboxes[0, 4, 4, 0] = [0.2, 0.5, 0.02, 0.05]
+    tboxes[0, 4, 4, 1] = [0.5, 0.5, 0.03, 0.03]
+    tmask = np.zeros((1, GRID, GRID, BOXES), bool)
+    tmask[0, 4, 4] = True
+    tclasses = np.zeros((1, GRID, GRID, CLASSES), np.float32)
+    tclasses[0, 4, 4, 0] = 1.0
+    p = torch.from_numpy(pred).requires_grad_(True)
+    loss, parts = yolo_loss(p, *(torch.from_numpy(a) for a in (tboxes, tmask, tclasses)), box_loss="giou")
+    loss.backward()
+    assert math.isfinite(float(loss.detach())) and torch.isfinite(p.grad).all()
+    assert float(parts["box"]) > LAMBDA_COORD * 2  # both boxes miss their objects: 1 - GIoU > 1 each
+    assert float(p.grad[0, 4, 4, BOX_OFFSET]) > 0  # descent moves box 0's x left, towards its object
+
+
+def test_unknown_box_loss_is_refused():
+    pred, tboxes, tmask, tclasses = random_case(0)
+    with pytest.raises(ValueError, match="box_loss"):
+        yolo_loss(*(torch.from_numpy(a) for a in (pred, tboxes, tmask, tclasses)), box_loss="l1")
 
 
 def test_greedy_assignment_when_both_objects_prefer_the_same_box():
@@ -140,14 +178,15 @@ def test_greedy_assignment_when_both_objects_prefer_the_same_box():
     assert float(parts["cls"]) == 0.0
 
 
-def test_gradients_are_finite_and_descent_lowers_the_loss():
+@pytest.mark.parametrize("box_loss", ["sse", "giou"])
+def test_gradients_are_finite_and_descent_lowers_the_loss(box_loss):
     pred, tboxes, tmask, tclasses = random_case(99)
     logits = torch.logit(torch.from_numpy(pred).clamp(1e-4, 1 - 1e-4)).requires_grad_(True)
     targets = [torch.from_numpy(a) for a in (tboxes, tmask, tclasses)]
     opt = torch.optim.Adam([logits], lr=0.05)
     first = None
     for _ in range(100):
-        loss, _ = yolo_loss(torch.sigmoid(logits), *targets)
+        loss, _ = yolo_loss(torch.sigmoid(logits), *targets, box_loss=box_loss)
         first = float(loss.detach()) if first is None else first
         opt.zero_grad()
         loss.backward()

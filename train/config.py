@@ -22,6 +22,7 @@ CLASS_BALANCE = 0.5  # --class-balance without a value: LVIS's t, classes in und
 CELL_ORDERS = ("area", "rare")
 CELL_ORDER = "area"  # the default: "rare" measured worse (bench/RESULTS.md, "Where the rare classes went")
 ZOOM = 2.0  # TrainConfig.zoom's default
+BOX_LOSSES = ("sse", "giou")  # TrainConfig.box_loss (train/loss.py): the paper's squared errors, or 1 - GIoU
 
 
 @dataclass
@@ -69,6 +70,7 @@ class TrainConfig:
     # (means of 3 and 5 seeds: bench/RESULTS.md, "Mosaic and zoom-in" and after); runs saved before trained with 1.
     zoom: float = ZOOM
     cell_order: str = CELL_ORDER  # CELL_ORDERS; checkpoints saved before the option existed trained with "area"
+    box_loss: str = "sse"  # BOX_LOSSES; checkpoints saved before the option existed trained with "sse"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -103,6 +105,8 @@ def check_recipe(config: TrainConfig) -> None:
         raise UsageError(f"--zoom is the largest zoom-in factor, at least 1 (1: off), got {config.zoom}")
     if not (math.isfinite(config.class_balance) and config.class_balance >= 0.0):
         raise UsageError(f"--class-balance is a fraction of the frames t >= 0 (0: off), got {config.class_balance}")
+    if config.box_loss not in BOX_LOSSES:
+        raise UsageError(f"--box-loss is one of {', '.join(BOX_LOSSES)}, got {config.box_loss!r}")
     if config.cell_order not in CELL_ORDERS:
         raise UsageError(f"--cell-order is one of {', '.join(CELL_ORDERS)}, got {config.cell_order!r}")
     if config.mosaic > 0 and config.augment and config.augment_on == "device":

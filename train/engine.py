@@ -249,7 +249,7 @@ def _batch_to(device: torch.device, batch, channels_last: bool = False,
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, loader: DataLoader, device: torch.device,
-            precision: Precision = Precision()) -> tuple[np.ndarray, dict[str, float]]:
+            precision: Precision = Precision(), box_loss: str = "sse") -> tuple[np.ndarray, dict[str, float]]:
     """Network outputs (N, S, S, CELL_SIZE) for the loader's frames, in order, and the mean loss parts."""
     model.eval()
     grids, sums, count = [], dict.fromkeys(("loss", *LOSS_PARTS), 0.0), 0
@@ -257,7 +257,7 @@ def predict(model: torch.nn.Module, loader: DataLoader, device: torch.device,
         images, boxes, mask, classes = _batch_to(device, batch, precision.channels_last)
         with precision.autocast(device):
             out = model(images).float()
-        loss, parts = yolo_loss(out, boxes, mask, classes)
+        loss, parts = yolo_loss(out, boxes, mask, classes, box_loss=box_loss)
         n = images.shape[0]
         sums["loss"] += float(loss.detach()) * n
         for k in LOSS_PARTS:
@@ -605,7 +605,8 @@ class _Run:
         images, boxes, mask, classes = _batch_to(self.device, batch, self.precision.channels_last, self.augmenter)
         with self.precision.autocast(self.device):
             out = self.net(images)
-        loss, parts = yolo_loss(out.float(), boxes, mask, classes)  # the loss in fp32, whatever the autocast
+        # the loss in fp32, whatever the autocast
+        loss, parts = yolo_loss(out.float(), boxes, mask, classes, box_loss=self.config.box_loss)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
@@ -648,7 +649,8 @@ class _Run:
         row["train_images"] = int(sums["images"])  # this process's share under DDP
         row["processes"] = self.ddp.world_size
         if self.val_loader is not None and validates:
-            grids, val_loss = predict(self.model, self.val_loader, self.device, self.precision)
+            grids, val_loss = predict(self.model, self.val_loader, self.device, self.precision,
+                                       self.config.box_loss)
             clock["val"] = time.perf_counter()
             metrics = evaluate_grids(grids, self.val_samples, config.min_size)
             clock["map"] = time.perf_counter()

@@ -8,6 +8,10 @@ outputs (probabilities after softmax/sigmoid, see train/model.py):
   + lambda_noobj * sum_not_resp conf^2
   +                sum_cells_with_objects sum_c (p_c - p^_c)^2
 
+With box_loss="giou" the first term is instead lambda_coord * sum_resp (1 - GIoU(pred, truth)) (Rezatofighi et
+al. 2019, the IoU-based regression of YOLOv4 onwards and YOLOX): the squared errors weigh a box's x, y, w and h
+apart, so a box can be close in each and still miss IoU 0.5, which the AP counts.
+
 Responsibility: in a cell holding objects (target slots filled in order, see train/targets.py),
 object 0 is assigned the predicted box with the highest IoU with it, then object 1 the
 highest-IoU box among those still free, and so on (greedy, objects in slot order, ties to the
@@ -22,6 +26,7 @@ The only Python loop runs over the B target slots (B = 2); batch and cells are t
 from __future__ import annotations
 
 import torch
+from fastyolo.train.config import BOX_LOSSES
 from torch import Tensor
 
 from fastyolo.layout import BOX_OFFSET, BOX_VALUES, BOXES, CLASS_OFFSET, CLASSES, CONF_OFFSET, GRID
@@ -30,6 +35,7 @@ LAMBDA_COORD = 5.0
 LAMBDA_NOOBJ = 0.5
 PROB_EPS = 1e-7  # log() of the network's probabilities stays finite
 SQRT_EPS = 1e-9  # keeps d sqrt(w)/dw finite when a predicted width reaches 0
+AREA_EPS = 1e-12  # GIoU's denominators: an empty box against the zeros of a slot that answers for nothing
 
 
 def split_output(pred: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -62,6 +68,19 @@ def pairwise_iou(truth: Tensor, pred: Tensor) -> Tensor:
     return torch.where(union > 0, inter / torch.where(union > 0, union, torch.ones_like(union)), torch.zeros_like(union))
 
 
+def generalized_iou(a: Tensor, b: Tensor) -> Tensor:
+    """GIoU of corresponding corner boxes (..., 4) x (..., 4) -> (...): IoU minus the share of the smallest
+    enclosing box that neither covers; 1 for equal boxes, towards -1 far apart, defined for empty boxes too."""
+    iw = (torch.minimum(a[..., 2], b[..., 2]) - torch.maximum(a[..., 0], b[..., 0])).clamp(min=0)
+    ih = (torch.minimum(a[..., 3], b[..., 3]) - torch.maximum(a[..., 1], b[..., 1])).clamp(min=0)
+    inter = iw * ih
+    union = ((a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1]) + (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+             - inter).clamp(min=AREA_EPS)
+    hull = ((torch.maximum(a[..., 2], b[..., 2]) - torch.minimum(a[..., 0], b[..., 0]))
+            * (torch.maximum(a[..., 3], b[..., 3]) - torch.minimum(a[..., 1], b[..., 1]))).clamp(min=AREA_EPS)
+    return inter / union - (hull - union) / hull
+
+
 def assign(iou: Tensor, mask: Tensor) -> Tensor:
     """Greedy responsibility: (N,S,S,Bt,Bp) IoU, (N,S,S,Bt) mask -> (N,S,S,Bt,Bp) 0/1 assignment."""
     taken = torch.zeros(iou.shape[:-2] + iou.shape[-1:], dtype=torch.bool, device=iou.device)
@@ -85,11 +104,12 @@ def yolo_loss(
     lambda_noobj: float = LAMBDA_NOOBJ,
     rescore: bool = True,
     objective: str = "bce",
+    box_loss: str = "sse",
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Loss averaged over the batch, and its four parts (detached) for logging.
 
     pred (N, S, S, CELL_SIZE); target_boxes (N, S, S, B, 4); target_mask (N, S, S, B) bool;
-    target_classes (N, S, S, C) (see train/targets.py).
+    target_classes (N, S, S, C) (see train/targets.py). box_loss: "sse" (the paper's) or "giou" (module docstring).
     """
     p_classes, p_conf, p_boxes = split_output(pred)
     mask = target_mask.bool()
@@ -103,9 +123,14 @@ def yolo_loss(
         conf_target = (weights * iou).sum(dim=-2) if rescore else weights.sum(dim=-2)
     resp_w = responsible.to(pred.dtype)
 
-    xy = ((p_boxes[..., :2] - matched[..., :2]) ** 2).sum(-1)
-    wh = ((torch.sqrt(p_boxes[..., 2:] + SQRT_EPS) - torch.sqrt(matched[..., 2:] + SQRT_EPS)) ** 2).sum(-1)
-    box = lambda_coord * ((xy + wh) * resp_w).sum()
+    if box_loss == "giou":
+        box = lambda_coord * ((1.0 - generalized_iou(_corners(p_boxes), _corners(matched))) * resp_w).sum()
+    elif box_loss == "sse":
+        xy = ((p_boxes[..., :2] - matched[..., :2]) ** 2).sum(-1)
+        wh = ((torch.sqrt(p_boxes[..., 2:] + SQRT_EPS) - torch.sqrt(matched[..., 2:] + SQRT_EPS)) ** 2).sum(-1)
+        box = lambda_coord * ((xy + wh) * resp_w).sum()
+    else:
+        raise ValueError(f"box_loss is one of {BOX_LOSSES}, got {box_loss!r}")
     has_object = mask.any(dim=-1).to(pred.dtype)
     if objective == "sse":  # the paper's squared errors
         obj = (((p_conf - conf_target) ** 2) * resp_w).sum()

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from fastyolo.errors import FastYoloError, MissingDependencyError
-from fastyolo.train.config import AMP_MODES, AUGMENT_ON, CACHE_MODES, CELL_ORDERS, CLASS_BALANCE
+from fastyolo.train.config import AMP_MODES, AUGMENT_ON, BOX_LOSSES, CACHE_MODES, CELL_ORDERS, CLASS_BALANCE
 
 # Settings that define a run's data; --resume keeps them unless the command line gives new ones.
 RUN_SETTINGS = ("data", "labels", "val", "val_split", "skip_malformed")
@@ -75,6 +75,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--cell-order", choices=CELL_ORDERS, default=d["cell_order"],
                    help="which object a grid cell keeps when objects of different classes share it: 'area' the "
                         f"largest, 'rare' the rarest class (Pedestrian, Truck, Car) [{d['cell_order']}]")
+    p.add_argument("--box-loss", choices=BOX_LOSSES, default=d["box_loss"],
+                   help="how boxes are regressed: 'sse' the YOLO v1 paper's squared errors of x, y, sqrt w, sqrt h; "
+                        f"'giou' 1 - generalized IoU with the object [{d['box_loss']}]")
     p.add_argument("--dropout", type=float, default=d["dropout"],
                    help=f"head dropout while training [{d['dropout']}]")
     p.add_argument("--seed", type=int, default=d["seed"])
@@ -314,7 +317,7 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
             amp=args.amp or TrainConfig.amp, cache=args.cache or TrainConfig.cache,
             cache_dir=args.cache_dir and str(args.cache_dir), augment_on=args.augment_on or TrainConfig.augment_on,
             source_weights=args.source_weights, class_balance=args.class_balance, mosaic=args.mosaic, zoom=args.zoom,
-            cell_order=args.cell_order,
+            cell_order=args.cell_order, box_loss=args.box_loss,
         )
 
     say = print if main_process else (lambda _m: None)
