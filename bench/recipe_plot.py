@@ -18,7 +18,8 @@ SETS = (("highway_heldout", "highway, held-out segments"), ("pandaset_left", "Pa
         ("kitti_tiny", "KITTI"), ("kitti_tiny_tiles", "KITTI, tiles auto"))
 TARGETS = {"pandaset_left": 0.45, "kitti_tiny": 0.15, "kitti_tiny_tiles": 0.3}  # issue 20's Car AP@0.5 targets
 ZOOM_JSON = "real_model_eval_issue20_zoom.json"  # earlier sessions' runs, under "models"
-DEFAULT_JSON = "real_model_eval_issue20_zoom_default.json"  # this session's runs
+DEFAULT_JSON = "real_model_eval_issue20_zoom_default.json"  # the third session's runs
+SHARP_GIOU_JSON = "real_model_eval_issue20_sharp_giou.json"  # the fourth session's runs
 
 
 def _runs(name: str, *runs: str) -> list[tuple[str, str]]:
@@ -38,6 +39,10 @@ RECIPES = {
     "zoom 3": _runs(DEFAULT_JSON, "a6zoom3", "a6zoom3s1"),
     "zoom 2, 10 epochs": _runs(DEFAULT_JSON, "a6zoom2e10", "a6zoom2e10s1"),
     "zoom 2, 25 epochs": _runs(DEFAULT_JSON, "a6zoom2e25"),
+    "sharp zoom 2 (--cache off)": _runs(SHARP_GIOU_JSON, "sharpz2s0"),
+    "sharp zoom 3 (--cache off)": _runs(SHARP_GIOU_JSON, "sharpz3s0", "sharpz3s1"),
+    "zoom 2.5": _runs(SHARP_GIOU_JSON, "z25s0", "z25s1"),
+    "box loss GIoU": _runs(SHARP_GIOU_JSON, "giou_s0", "giou_s1"),
     "ResNet-18, scratch": _runs("real_model_eval_issue20_resnets.json", "a6r18"),
     "ResNet-50, scratch": _runs("real_model_eval_issue20_resnets.json", "a6r50"),
 }

@@ -55,27 +55,29 @@ def _corners(boxes: Tensor) -> Tensor:
     return torch.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], dim=-1)
 
 
-def pairwise_iou(truth: Tensor, pred: Tensor) -> Tensor:
-    """IoU of every target slot with every predicted slot of the same cell: (N,S,S,B,4) x2 -> (N,S,S,B,B)."""
-    a = _corners(truth).unsqueeze(-2)  # (N, S, S, Bt, 1, 4)
-    b = _corners(pred).unsqueeze(-3)  # (N, S, S, 1, Bp, 4)
+def _intersection_union(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """Intersection and union areas of corner boxes (..., 4), broadcast against each other."""
     iw = (torch.minimum(a[..., 2], b[..., 2]) - torch.maximum(a[..., 0], b[..., 0])).clamp(min=0)
     ih = (torch.minimum(a[..., 3], b[..., 3]) - torch.maximum(a[..., 1], b[..., 1])).clamp(min=0)
     inter = iw * ih
     area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
     area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
-    union = area_a + area_b - inter
+    return inter, area_a + area_b - inter
+
+
+def pairwise_iou(truth: Tensor, pred: Tensor) -> Tensor:
+    """IoU of every target slot with every predicted slot of the same cell: (N,S,S,B,4) x2 -> (N,S,S,B,B)."""
+    a = _corners(truth).unsqueeze(-2)  # (N, S, S, Bt, 1, 4)
+    b = _corners(pred).unsqueeze(-3)  # (N, S, S, 1, Bp, 4)
+    inter, union = _intersection_union(a, b)
     return torch.where(union > 0, inter / torch.where(union > 0, union, torch.ones_like(union)), torch.zeros_like(union))
 
 
 def generalized_iou(a: Tensor, b: Tensor) -> Tensor:
     """GIoU of corresponding corner boxes (..., 4) x (..., 4) -> (...): IoU minus the share of the smallest
     enclosing box that neither covers; 1 for equal boxes, towards -1 far apart, defined for empty boxes too."""
-    iw = (torch.minimum(a[..., 2], b[..., 2]) - torch.maximum(a[..., 0], b[..., 0])).clamp(min=0)
-    ih = (torch.minimum(a[..., 3], b[..., 3]) - torch.maximum(a[..., 1], b[..., 1])).clamp(min=0)
-    inter = iw * ih
-    union = ((a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1]) + (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
-             - inter).clamp(min=AREA_EPS)
+    inter, union = _intersection_union(a, b)
+    union = union.clamp(min=AREA_EPS)
     hull = ((torch.maximum(a[..., 2], b[..., 2]) - torch.minimum(a[..., 0], b[..., 0]))
             * (torch.maximum(a[..., 3], b[..., 3]) - torch.minimum(a[..., 1], b[..., 1]))).clamp(min=AREA_EPS)
     return inter / union - (hull - union) / hull
