@@ -42,7 +42,7 @@ RECIPES = {
     "sharp zoom 2 (--cache off)": _runs(SHARP_GIOU_JSON, "sharpz2s0"),
     "sharp zoom 3 (--cache off)": _runs(SHARP_GIOU_JSON, "sharpz3s0", "sharpz3s1"),
     "zoom 2.5": _runs(SHARP_GIOU_JSON, "z25s0", "z25s1"),
-    "box loss GIoU": _runs(SHARP_GIOU_JSON, "giou_s0", "giou_s1"),
+    "box loss GIoU": _runs(SHARP_GIOU_JSON, "giou_s0", "giou_s1", "giou_s2"),
     "ResNet-18, scratch": _runs("real_model_eval_issue20_resnets.json", "a6r18"),
     "ResNet-50, scratch": _runs("real_model_eval_issue20_resnets.json", "a6r50"),
 }
