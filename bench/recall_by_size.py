@@ -34,8 +34,8 @@ def bucket_names() -> list[str]:
     return [f"{lo}-{hi}px" if hi else f">={lo}px" for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
 
 
-def recall_by_size(model: Path, data: Path, ious: list[float], conf: float) -> dict[str, dict[str, list[int]]]:
-    """{"labels": per bucket, "found@t": per bucket for each t in ious, "detections": [total]}."""
+def recall_by_size(model: Path, data: Path, ious: list[float], conf: float) -> dict[str, list[int] | int]:
+    """{"labels": per bucket, "found@t": per bucket for each t in ious, "detections": Car detections in all}."""
     samples, _report = load_dataset(data)
     detector = Detector(str(model), conf=conf)
     labels = np.zeros(len(HEIGHTS), np.int64)
@@ -56,7 +56,7 @@ def recall_by_size(model: Path, data: Path, ious: list[float], conf: float) -> d
             for t in ious:
                 np.add.at(found[t], bucket[best >= t], 1)
     return {"labels": labels.tolist(), **{f"found@{t:g}": v.tolist() for t, v in found.items()},
-            "detections": [detections]}
+            "detections": detections}
 
 
 def main() -> None:
@@ -77,7 +77,7 @@ def main() -> None:
     for model, r in results.items():
         for t in args.iou:
             cells = [f"{f}/{n}" for f, n in zip(r[f"found@{t:g}"], r["labels"], strict=True)]
-            print(f"{model[-40:]:40} {t:5g} " + " ".join(f"{c:>12}" for c in cells) + f"  {r['detections'][0]}")
+            print(f"{model[-40:]:40} {t:5g} " + " ".join(f"{c:>12}" for c in cells) + f"  {r['detections']}")
     if args.json:
         try:
             args.json.write_text(json.dumps({"data": str(args.data), "conf": args.conf, "buckets": names,
