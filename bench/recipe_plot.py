@@ -40,7 +40,7 @@ RECIPES = {
     "zoom 2, 10 epochs": _runs(DEFAULT_JSON, "a6zoom2e10", "a6zoom2e10s1"),
     "zoom 2, 25 epochs": _runs(DEFAULT_JSON, "a6zoom2e25"),
     "sharp zoom 2 (--cache off)": _runs(SHARP_GIOU_JSON, "sharpz2s0"),
-    "sharp zoom 3 (--cache off)": _runs(SHARP_GIOU_JSON, "sharpz3s0", "sharpz3s1"),
+    "sharp zoom 3 (--cache off)": _runs(SHARP_GIOU_JSON, "sharpz3s0", "sharpz3s1", "sharpz3s2"),
     "zoom 2.5": _runs(SHARP_GIOU_JSON, "z25s0", "z25s1"),
     "box loss GIoU": _runs(SHARP_GIOU_JSON, "giou_s0", "giou_s1", "giou_s2"),
     "ResNet-18, scratch": _runs("real_model_eval_issue20_resnets.json", "a6r18"),
