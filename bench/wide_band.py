@@ -7,7 +7,8 @@
 such labelled set here, and our far test. A band of the held-out PandaSet camera is a second wide set with
 real labels, to check a tiling choice on something other than KITTI. A label keeps what shows of it inside
 the band when that is at least half its height (else it is dropped; the model may still find the car, which
-then counts against it). Images are written as JPEG quality 95; the source folder is never written to.
+then counts against it). Images are written as JPEG quality 95 into a new (or empty) folder; the source
+folder is never written to.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ def write_band(source: Path, top: int, bottom: int, out: Path) -> tuple[int, int
         raise FastYoloError(f"{source}: no labelled frames")
     if out.resolve() == source.resolve() or source.resolve() in out.resolve().parents:
         raise FastYoloError(f"--out {out} is inside {source}: the source is never written to")
+    if out.exists() and any(out.iterdir()):
+        raise FastYoloError(f"--out {out} is not empty: give a new folder (nothing there is overwritten)")
     if not 0 <= top < bottom <= min(s.height for s in samples):
         raise FastYoloError(f"--rows {top} {bottom}: need 0 <= top < bottom <= the frames' height")
     (out / "images").mkdir(parents=True, exist_ok=True)

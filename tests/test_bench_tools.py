@@ -46,3 +46,5 @@ def test_wide_band_keeps_the_labels_inside_the_band_and_never_writes_the_source(
     assert (boxes[:, 1] >= 0).all() and (boxes[:, 3] <= bottom - top).all()
     with pytest.raises(FastYoloError, match="never written"):
         write_band(source, top, bottom, source / "band")
+    with pytest.raises(FastYoloError, match="not empty"):  # a second run into the same folder
+        write_band(source, top, bottom, tmp_path / "band")
