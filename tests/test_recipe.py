@@ -408,7 +408,24 @@ def test_runs_saved_before_zoom_was_the_default_resume_without_zoom(kitti_dir: P
     assert_same_weights(model_state(tmp_path / "run"), model_state(tmp_path / "whole"))
 
 
+def test_clean_tail_zero_augments_every_epoch_and_resumes(kitti_dir: Path, tmp_path: Path):
+    """--clean-tail 0: all 3 epochs augmented (the default 0.3 leaves the 3rd clean), so the weights differ from a
+    default run's; saved in last.pt, and a run stopped after epoch 2 resumes into the same weights."""
+    data = tiny_dataset(kitti_dir, tmp_path / "data", ("000000.jpg",))
+    common = ("--val-split", "0", "--eval-every", "3")
+    assert cli(train_args(data, tmp_path / "default", *common)) == 0
+    assert cli(train_args(data, tmp_path / "whole", *common, "--clean-tail", "0")) == 0
+    assert cli(train_args(data, tmp_path / "run", *common, "--clean-tail", "0", "--stop-after", "2")) == 0
+    assert cli(["train", "--out", str(tmp_path / "run"), "--resume", "--workers", "0", "--device", "cpu"]) == 0
+    assert torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=False)["config"]["clean_tail"] == 0
+    assert_same_weights(model_state(tmp_path / "run"), model_state(tmp_path / "whole"))
+    with pytest.raises(AssertionError):
+        assert_same_weights(model_state(tmp_path / "default"), model_state(tmp_path / "whole"))
+
+
 @pytest.mark.parametrize(("extra", "message"), [
+    (["--clean-tail", "1"], "--clean-tail is the fraction of the epochs without augmentation, in [0, 1)"),
+    (["--clean-tail", "-0.1"], "--clean-tail is the fraction of the epochs without augmentation, in [0, 1)"),
     (["--mosaic", "1.5"], "--mosaic is a probability in [0, 1]"),
     (["--mosaic", "-0.1"], "--mosaic is a probability in [0, 1]"),
     (["--zoom", "0.5"], "--zoom is the largest zoom-in factor, at least 1"),

@@ -101,6 +101,9 @@ def check_recipe(config: TrainConfig) -> None:
     """The recipe's options in range and fit together (one UsageError line), before any data is read."""
     if not 0.0 <= config.mosaic <= 1.0:
         raise UsageError(f"--mosaic is a probability in [0, 1], got {config.mosaic}")
+    if not (math.isfinite(config.clean_tail) and 0.0 <= config.clean_tail < 1.0):
+        raise UsageError(f"--clean-tail is the fraction of the epochs without augmentation, in [0, 1), got "
+                         f"{config.clean_tail}")
     if not (math.isfinite(config.zoom) and config.zoom >= 1.0):
         raise UsageError(f"--zoom is the largest zoom-in factor, at least 1 (1: off), got {config.zoom}")
     if not (math.isfinite(config.class_balance) and config.class_balance >= 0.0):

@@ -68,6 +68,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    metavar="T", help="repeat-factor sampling (LVIS): frames holding a class found in under a share T "
                                      "of the frames come sqrt(T / share) times as often "
                                      f"[{d['class_balance']}: off; the flag alone: {CLASS_BALANCE}]")
+    p.add_argument("--clean-tail", type=float, default=d["clean_tail"], metavar="F",
+                   help="the last fraction F of the epochs trains on un-augmented frames (0: augment to the end) "
+                        f"[{d['clean_tail']}]")
     p.add_argument("--mosaic", type=float, default=d["mosaic"], metavar="P",
                    help=f"chance that an augmented frame is a 2x2 mosaic of four (not in the clean tail) [{d['mosaic']}]")
     p.add_argument("--zoom", type=float, default=d["zoom"], metavar="MAX",
@@ -317,7 +320,7 @@ def _run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
             amp=args.amp or TrainConfig.amp, cache=args.cache or TrainConfig.cache,
             cache_dir=args.cache_dir and str(args.cache_dir), augment_on=args.augment_on or TrainConfig.augment_on,
             source_weights=args.source_weights, class_balance=args.class_balance, mosaic=args.mosaic, zoom=args.zoom,
-            cell_order=args.cell_order, box_loss=args.box_loss,
+            cell_order=args.cell_order, box_loss=args.box_loss, clean_tail=args.clean_tail,
         )
 
     say = print if main_process else (lambda _m: None)
