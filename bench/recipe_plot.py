@@ -20,6 +20,7 @@ TARGETS = {"pandaset_left": 0.45, "kitti_tiny": 0.15, "kitti_tiny_tiles": 0.3}  
 ZOOM_JSON = "real_model_eval_issue20_zoom.json"  # earlier sessions' runs, under "models"
 DEFAULT_JSON = "real_model_eval_issue20_zoom_default.json"  # the third session's runs
 SHARP_GIOU_JSON = "real_model_eval_issue20_sharp_giou.json"  # the fourth session's runs
+CLEAN_TAIL_JSON = "real_model_eval_issue20_clean_tail.json"  # the fifth session's runs
 
 
 def _runs(name: str, *runs: str) -> list[tuple[str, str]]:
@@ -35,7 +36,7 @@ RECIPES = {
     "mosaic 0.5": _runs("real_model_eval_issue20_mosaic_zoom.json", "a6mos", "a6mos1"),
     "mosaic 0.5 + zoom 2": _runs("real_model_eval_issue20_mosaic_zoom.json", "a6mz"),
     "zoom 2 (default)": _runs("real_model_eval_issue20_mosaic_zoom.json", "a6zoom", "a6zoom1")
-    + _runs(DEFAULT_JSON, "a6zoom2s2"),
+    + _runs(DEFAULT_JSON, "a6zoom2s2") + _runs(CLEAN_TAIL_JSON, "ct03s3"),
     "zoom 3": _runs(DEFAULT_JSON, "a6zoom3", "a6zoom3s1"),
     "zoom 2, 10 epochs": _runs(DEFAULT_JSON, "a6zoom2e10", "a6zoom2e10s1"),
     "zoom 2, 25 epochs": _runs(DEFAULT_JSON, "a6zoom2e25"),
@@ -43,6 +44,8 @@ RECIPES = {
     "sharp zoom 3 (--cache off)": _runs(SHARP_GIOU_JSON, "sharpz3s0", "sharpz3s1", "sharpz3s2"),
     "zoom 2.5": _runs(SHARP_GIOU_JSON, "z25s0", "z25s1"),
     "box loss GIoU": _runs(SHARP_GIOU_JSON, "giou_s0", "giou_s1", "giou_s2"),
+    "clean tail 0.15": _runs(CLEAN_TAIL_JSON, "ct015s0", "ct015s1", "ct015s2", "ct015s3"),
+    "clean tail 0": _runs(CLEAN_TAIL_JSON, "ct0s0", "ct0s1", "ct0s2", "ct0s3"),
     "ResNet-18, scratch": _runs("real_model_eval_issue20_resnets.json", "a6r18"),
     "ResNet-50, scratch": _runs("real_model_eval_issue20_resnets.json", "a6r50"),
 }
