@@ -20,7 +20,7 @@ TARGETS = {"pandaset_left": 0.45, "kitti_tiny": 0.15, "kitti_tiny_tiles": 0.3}  
 ZOOM_JSON = "real_model_eval_issue20_zoom.json"  # earlier sessions' runs, under "models"
 DEFAULT_JSON = "real_model_eval_issue20_zoom_default.json"  # the third session's runs
 SHARP_GIOU_JSON = "real_model_eval_issue20_sharp_giou.json"  # the fourth session's runs
-CLEAN_TAIL_JSON = "real_model_eval_issue20_clean_tail.json"  # the fifth session's runs
+CLEAN_TAIL_JSON = "real_model_eval_issue20_clean_tail.json"  # the fifth and sixth sessions' runs
 
 
 def _runs(name: str, *runs: str) -> list[tuple[str, str]]:
